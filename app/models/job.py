@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Enum, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, new_id, utcnow
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class JobType(enum.StrEnum):
+    fit = "fit"
+    evaluate = "evaluate"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    type: Mapped[JobType] = mapped_column(Enum(JobType, native_enum=False, length=20))
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, length=20), index=True, default=JobStatus.queued
+    )
+    # The validated request, as the runner reads it.
+    params: Mapped[dict[str, Any]]
+    spec_id: Mapped[str | None] = mapped_column(ForeignKey("specs.id"), default=None)
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), default=None)
+    model_name: Mapped[str | None] = mapped_column(String(200), default=None)
+    model_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    epochs: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class JobEpoch(Base):
+    """One row per (job, epoch), written with an upsert so a redelivered job never logs twice."""
+
+    __tablename__ = "job_epochs"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    logs: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, new_id, utcnow
+
+
+class ModelVersion(Base):
+    """A saved `.keras` model: version n of a named model."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("owner", "name", "version"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("mv"))
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), default=None)
+    spec_id: Mapped[str | None] = mapped_column(ForeignKey("specs.id"), default=None)
+    artifact_key: Mapped[str] = mapped_column(String(300))
+    metrics: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
