@@ -52,3 +52,28 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def on_commit(session: Session, callback: Any) -> None:
+    """Run `callback()` once the session's transaction has committed (e.g. enqueue a task, so a
+    worker never sees an id before its row exists, or delete files of a deleted row)."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+def on_rollback(session: Session, callback: Any) -> None:
+    """Run `callback()` if the transaction rolls back (e.g. remove files written for its rows)."""
+    session.info.setdefault("after_rollback", []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    session.info.pop("after_rollback", None)
+    for callback in session.info.pop("after_commit", []):
+        callback()
+
+
+@event.listens_for(Session, "after_rollback")
+def _run_after_rollback(session: Session) -> None:
+    session.info.pop("after_commit", None)
+    for callback in session.info.pop("after_rollback", []):
+        callback()

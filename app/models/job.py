@@ -39,7 +39,9 @@ class Job(Base):
     # The validated request, as the runner reads it.
     params: Mapped[dict[str, Any]]
     spec_id: Mapped[str | None] = mapped_column(ForeignKey("specs.id"), default=None)
-    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), default=None)
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), default=None
+    )
     model_name: Mapped[str | None] = mapped_column(String(200), default=None)
     model_version: Mapped[int | None] = mapped_column(Integer, default=None)
     epoch: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,47 @@
+"""Dependencies shared by every route: the caller and the request's unit of work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings, get_settings
+from app.core.db import get_sessionmaker
+from app.core.storage import ArtifactStore, get_store
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str
+
+
+LOCAL_OWNER = "local"
+
+
+def get_caller() -> Caller:
+    # One local owner until authentication lands; every route and row goes through this.
+    return Caller(owner=LOCAL_OWNER)
+
+
+def get_session() -> Iterator[Session]:
+    """The request's unit of work: committed once when the handler returns, rolled back if it
+    raises. Nothing else commits inside a request."""
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

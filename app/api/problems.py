@@ -1,0 +1,63 @@
+"""RFC 9457 problem+json for every error the API returns."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.errors import DomainError
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, instance: str, *,
+            type_: str = "about:blank", errors: list[dict[str, str]] | None = None,
+            extra: dict[str, Any] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail,
+                            "instance": instance}
+    if errors:
+        body["errors"] = errors
+    body.update(extra or {})
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _pointer(loc: tuple[Any, ...] | list[Any]) -> str:
+    """FastAPI's error location ('body', 'layers', 1, 'units') as a JSON pointer."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "form", "cookie"):
+        where = parts.pop(0)
+        if where != "body" and parts:
+            return f"/{where}/" + "/".join(str(p) for p in parts)
+    escaped = [str(p).replace("~", "~0").replace("/", "~1") for p in parts]
+    return "/" + "/".join(escaped) if escaped else ""
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(request: Request, exc: DomainError) -> JSONResponse:
+        return problem(exc.status, exc.title, exc.detail, request.url.path, type_=exc.type,
+                       errors=[e.as_dict() for e in exc.errors], extra=exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"pointer": _pointer(e.get("loc", ())), "detail": e.get("msg", "invalid")}
+                  for e in exc.errors()]
+        summary = "; ".join(f"{e['pointer'] or '/'}: {e['detail']}" for e in errors[:5])
+        return problem(422, "Invalid request", f"The request does not match the schema: {summary}",
+                       request.url.path, type_="/problems/invalid-input", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return problem(500, "Internal server error", "An unexpected error occurred; it has been "
+                       "logged.", request.url.path)

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class DatasetRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    filename: str
+    format: str
+    sha256: str
+    size_bytes: int
+    num_rows: int
+    arrays: dict[str, Any]
+    created_at: datetime

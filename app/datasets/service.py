@@ -1,0 +1,91 @@
+"""Datasets: stream an upload into the artifact store, validate it, record it."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from typing import IO
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.core.db import on_commit, on_rollback
+from app.core.errors import DomainError, FieldError, conflict, not_found
+from app.core.storage import ArtifactStore
+from app.datasets.ingest import ingest
+from app.models import Dataset, Job, JobStatus
+from app.models.base import new_id
+
+COPY_CHUNK = 1 << 20
+
+
+def create(session: Session, store: ArtifactStore, owner: str, upload: IO[bytes], filename: str,
+           name: str | None, max_bytes: int) -> Dataset:
+    """Copy the upload in chunks (hashing as it goes), parse it into per-array files, publish
+    the folder and add the row. Any failure removes the staging folder: no row, no file."""
+    staging = store.staging_dir()
+    try:
+        raw = staging / "upload.bin"
+        digest = hashlib.sha256()
+        size = 0
+        with raw.open("wb") as out:
+            while chunk := upload.read(COPY_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise DomainError(413, "Upload too large", f"The upload exceeds {max_bytes} "
+                                      "bytes (KJ_MAX_UPLOAD_BYTES).", [FieldError("/file", "too large")],
+                                      type="/problems/too-large")
+                digest.update(chunk)
+                out.write(chunk)
+        arrays_dir = staging / "arrays"
+        arrays_dir.mkdir()
+        result = ingest(raw, filename, arrays_dir, max_bytes * 8)
+        raw.unlink()
+        dataset_id = new_id("ds")
+        key = store.dataset_key(dataset_id)
+        dataset = Dataset(id=dataset_id, owner=owner, name=name or filename, filename=filename,
+                          format=result.format, sha256=digest.hexdigest(), size_bytes=size,
+                          num_rows=result.num_rows, arrays=result.arrays, storage_key=key)
+        session.add(dataset)
+        session.flush()
+        store.publish(arrays_dir, key)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    # If the request's commit fails later, the published folder must go too.
+    on_rollback(session, lambda: store.delete(key))
+    return dataset
+
+
+def get(session: Session, owner: str, dataset_id: str) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.owner != owner:
+        raise not_found("Dataset", dataset_id)
+    return dataset
+
+
+def list_(session: Session, owner: str, limit: int, offset: int) -> tuple[list[Dataset], int]:
+    query = select(Dataset).where(Dataset.owner == owner)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Dataset.created_at.desc(), Dataset.id)
+                           .limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def delete(session: Session, store: ArtifactStore, owner: str, dataset_id: str) -> None:
+    dataset = get(session, owner, dataset_id)
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(
+            Job.dataset_id == dataset_id,
+            Job.status.in_([JobStatus.queued, JobStatus.running]),
+        )
+    )
+    if active:
+        raise conflict(f"Dataset {dataset_id} is used by {active} queued or running job(s); "
+                       "cancel them or wait for them to finish before deleting it.")
+    key = dataset.storage_key
+    session.delete(dataset)
+    session.flush()
+    # Remove files only once the row is gone for good.
+    on_commit(session, lambda: store.delete(key))

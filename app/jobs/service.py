@@ -1,0 +1,155 @@
+"""Jobs: validate a fit/evaluate request against what it names, record it, enqueue it after
+commit; read it back with its history; cancel it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.core.broker import enqueue_job
+from app.core.db import on_commit
+from app.core.errors import FieldError, conflict, invalid, not_found
+from app.datasets import service as datasets
+from app.jobs.schemas import EvaluateJobCreate, FitJobCreate, JobRead
+from app.models import Dataset, Job, JobEpoch, JobStatus, JobType
+from app.models.base import utcnow
+from app.registry import service as registry
+from app.specs import service as specs
+
+
+def _check_selector(dataset: Dataset, selector: Any, pointer: str) -> None:
+    """Every array the job names must exist in the dataset."""
+    if isinstance(selector, dict):
+        for key, sub in selector.items():
+            _check_selector(dataset, sub, f"{pointer}/{key}")
+        return
+    names = [selector] if isinstance(selector, str) else selector
+    for i, name in enumerate(names):
+        if name not in dataset.arrays:
+            where = pointer if isinstance(selector, str) else f"{pointer}/{i}"
+            raise invalid(
+                f"Dataset {dataset.id} has no array '{name}'.",
+                [FieldError(where, f"unknown array '{name}'; the dataset has: "
+                            f"{', '.join(sorted(dataset.arrays))}")],
+            )
+
+
+def create(session: Session, owner: str, body: FitJobCreate | EvaluateJobCreate) -> Job:
+    dataset = _dataset(session, owner, body.dataset_id, "/dataset_id")
+    _check_selector(dataset, body.x, "/x")
+    _check_selector(dataset, body.y, "/y")
+    params = body.model_dump(mode="json")
+    if isinstance(body, FitJobCreate):
+        spec = _spec(session, owner, body.spec_id)
+        if body.validation_split and body.validation_dataset_id:
+            raise invalid("Give validation_split or validation_dataset_id, not both.",
+                          [FieldError("/validation_dataset_id", "conflicts with validation_split")])
+        if body.validation_dataset_id:
+            val = _dataset(session, owner, body.validation_dataset_id, "/validation_dataset_id")
+            _check_selector(val, body.x, "/x")
+            _check_selector(val, body.y, "/y")
+        job = Job(owner=owner, type=JobType.fit, params=params, spec_id=spec.id,
+                  dataset_id=dataset.id, model_name=body.model_name or _model_name(spec.name),
+                  epochs=body.epochs)
+    else:
+        name, _, version = body.model.partition("/")
+        found = registry.resolve(session, owner, name, int(version) if version else None)
+        params["model_version_id"] = found.id
+        job = Job(owner=owner, type=JobType.evaluate, params=params, dataset_id=dataset.id,
+                  model_name=found.name, model_version=found.version)
+    session.add(job)
+    session.flush()
+    job_id = job.id
+    on_commit(session, lambda: enqueue_job(job_id))
+    return job
+
+
+def _model_name(spec_name: str) -> str:
+    """A model name derived from a spec name: only the characters a model name allows."""
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "-" for c in spec_name).strip("-.")
+    return (cleaned or "model")[:100]
+
+
+def _dataset(session: Session, owner: str, dataset_id: str, pointer: str) -> Dataset:
+    try:
+        return datasets.get(session, owner, dataset_id)
+    except Exception as exc:
+        raise invalid(f"Dataset '{dataset_id}' does not exist.",
+                      [FieldError(pointer, "no such dataset")]) from exc
+
+
+def _spec(session: Session, owner: str, spec_id: str) -> Any:
+    try:
+        return specs.get(session, owner, spec_id)
+    except Exception as exc:
+        raise invalid(f"Spec '{spec_id}' does not exist.",
+                      [FieldError("/spec_id", "no such spec")]) from exc
+
+
+def get(session: Session, owner: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner != owner:
+        raise not_found("Job", job_id)
+    return job
+
+
+def history(session: Session, job_id: str) -> dict[str, list[float | None]]:
+    """Per-epoch logs in Keras's History shape: {"loss": [...], "val_loss": [...], ...}."""
+    rows = session.scalars(select(JobEpoch).where(JobEpoch.job_id == job_id)
+                           .order_by(JobEpoch.epoch)).all()
+    out: dict[str, list[float | None]] = {}
+    for i, row in enumerate(rows):
+        for key, value in row.logs.items():
+            out.setdefault(key, [None] * i).append(value)
+        for values in out.values():
+            if len(values) < i + 1:
+                values.append(None)
+    return out
+
+
+def read(session: Session, job: Job) -> JobRead:
+    return JobRead(
+        id=job.id, type=job.type, status=job.status, epoch=job.epoch, epochs=job.epochs,
+        history=history(session, job.id), result=job.result, error=job.error,
+        model_name=job.model_name, model_version=job.model_version, spec_id=job.spec_id,
+        dataset_id=job.dataset_id, params=job.params, cancel_requested=job.cancel_requested,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        cancel_requested_at=job.cancel_requested_at, url=f"/v1/jobs/{job.id}",
+    )
+
+
+def list_(session: Session, owner: str, status: JobStatus | None, limit: int, offset: int
+          ) -> tuple[list[Job], int]:
+    query = select(Job).where(Job.owner == owner)
+    if status is not None:
+        query = query.where(Job.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc())
+                           .limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def cancel(session: Session, owner: str, job_id: str) -> Job:
+    """A queued job is cancelled at once (the worker skips it); a running one is flagged and
+    stops at its next batch boundary."""
+    job = get(session, owner, job_id)
+    now = utcnow()
+    done = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.cancelled, cancel_requested=True, cancel_requested_at=now,
+                finished_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    if not done:
+        flagged = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.running)
+            .values(cancel_requested=True, cancel_requested_at=func.coalesce(
+                Job.cancel_requested_at, now))
+        ).rowcount  # type: ignore[attr-defined]
+        if not flagged:
+            session.refresh(job)
+            raise conflict(f"Job {job_id} has already ended ({job.status.value}); "
+                           "only queued or running jobs can be cancelled.")
+    session.refresh(job)
+    return job

@@ -1,0 +1,72 @@
+"""The FastAPI application: routers, problem+json errors, schema upgrade at start-up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import text
+
+from app.api import problems
+from app.core.broker import check_broker
+from app.core.config import get_settings
+from app.core.db import get_engine
+from app.core.migrate import upgrade
+from app.core.storage import get_store
+from app.datasets.router import router as datasets_router
+from app.jobs.router import router as jobs_router
+from app.registry.router import router as models_router
+from app.specs.router import router as specs_router
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    settings.ensure_dirs()
+    await run_in_threadpool(upgrade, settings.resolved_database_url)
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="keras-jobs",
+        version="0.1.0",
+        description="Train and serve Keras models over HTTP: model specs, datasets, fit and "
+        "evaluate jobs on Celery workers, TensorFlow Serving-style predict.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    for router in (specs_router, datasets_router, jobs_router, models_router):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> Any:
+        checks: dict[str, str] = {}
+        for name, check in (("database", _check_db), ("broker", check_broker),
+                            ("artifact_store", lambda: get_store().check())):
+            try:
+                check()
+                checks[name] = "ok"
+            except Exception as exc:  # report every failing part, not just the first
+                checks[name] = f"error: {exc}"
+        if any(v != "ok" for v in checks.values()):
+            return problems.problem(503, "Not ready", "Some dependencies are unreachable.",
+                                    "/readyz", extra={"checks": checks})
+        return {"status": "ready", "checks": checks}
+
+    return app
+
+
+def _check_db() -> None:
+    with get_engine().connect() as conn:
+        conn.execute(text("SELECT 1"))

@@ -1,0 +1,46 @@
+"""A saved model made ready to serve: loaded once (no compile, safe mode) and wrapped in a
+`tf.function` with a fixed input signature (batch dimension None), so a request costs one
+graph call instead of a `model.predict` (~40 ms of per-call overhead)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | None, ...]  # including the batch dimension (None)
+    dtype: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+class Servable:
+    def __init__(self, path: Path) -> None:
+        import keras
+        import tensorflow as tf
+
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        self.inputs = [TensorInfo(t.name, tuple(t.shape), str(t.dtype)) for t in model.inputs]
+        self.outputs = [TensorInfo(n, tuple(t.shape), str(t.dtype))
+                        for n, t in zip(model.output_names, model.outputs, strict=True)]
+        signature = [tf.TensorSpec(shape=i.shape, dtype=i.dtype, name=i.name)
+                     for i in self.inputs]
+        single = len(self.inputs) == 1
+
+        def call(*xs: Any) -> Any:
+            out = model(xs[0] if single else list(xs), training=False)
+            return list(out) if isinstance(out, (list, tuple)) else [out]
+
+        self._model = model
+        self._fn = tf.function(call, input_signature=signature)
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Run one batch; `arrays` are in the order of `self.inputs`."""
+        return [t.numpy() for t in self._fn(*arrays)]

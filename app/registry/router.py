@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query
+
+from app.api.deps import CallerDep, SessionDep, StoreDep
+from app.api.schemas import Page
+from app.jobs.schemas import MODEL_NAME_PATTERN
+from app.predict import service as predict
+from app.registry import service
+from app.registry.schemas import ModelListItem, ModelRead, ModelVersionRead
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+NameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
+VersionParam = Annotated[int, Path(ge=1)]
+PREDICT_EXAMPLE = {"instances": [[0.0, 3.0], [3.0, 0.0]]}
+
+
+@router.get("", response_model=Page[ModelListItem])
+def list_models(
+    caller: CallerDep, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[ModelListItem]:
+    rows, total = service.list_models(session, caller.owner, limit, offset)
+    return Page[ModelListItem](items=[ModelListItem(**r) for r in rows], total=total,
+                               limit=limit, offset=offset)
+
+
+@router.get("/{name}", response_model=ModelRead)
+def get_model(caller: CallerDep, session: SessionDep, name: NameParam) -> ModelRead:
+    versions = service.versions(session, caller.owner, name)
+    return ModelRead(name=name, latest_version=versions[0].version,
+                     versions=[ModelVersionRead.model_validate(v) for v in versions])
+
+
+@router.get("/{name}/metadata")
+def get_metadata(caller: CallerDep, session: SessionDep, store: StoreDep,
+                 name: NameParam) -> dict[str, Any]:
+    """Input and output names, shapes and dtypes of the latest version."""
+    return predict.metadata(session, store, caller.owner, name, None)
+
+
+@router.get("/{name}/versions/{version}/metadata")
+def get_version_metadata(caller: CallerDep, session: SessionDep, store: StoreDep,
+                         name: NameParam, version: VersionParam) -> dict[str, Any]:
+    return predict.metadata(session, store, caller.owner, name, version)
+
+
+@router.post("/{name}:predict")
+def predict_latest(caller: CallerDep, session: SessionDep, store: StoreDep, name: NameParam,
+                   body: Annotated[Any, Body(examples=[PREDICT_EXAMPLE])]) -> dict[str, Any]:
+    """TensorFlow Serving's predict: rows `{"instances": [...]}` or columns `{"inputs": ...}`."""
+    return predict.predict(session, store, caller.owner, name, None, body)
+
+
+@router.post("/{name}/versions/{version}:predict")
+def predict_version(caller: CallerDep, session: SessionDep, store: StoreDep, name: NameParam,
+                    version: VersionParam,
+                    body: Annotated[Any, Body(examples=[PREDICT_EXAMPLE])]) -> dict[str, Any]:
+    return predict.predict(session, store, caller.owner, name, version, body)

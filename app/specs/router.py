@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response, status
+
+from app.api.deps import CallerDep, SessionDep
+from app.api.schemas import Page
+from app.specs import service
+from app.specs.schemas import SPEC_EXAMPLE, SpecListItem, SpecRead
+
+router = APIRouter(prefix="/v1/specs", tags=["specs"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SpecRead)
+def create_spec(
+    caller: CallerDep, session: SessionDep, response: Response,
+    body: Annotated[dict[str, Any], Body(examples=[SPEC_EXAMPLE])],
+) -> SpecRead:
+    """Validate a model spec, build it, and store it with its parameter count and summary."""
+    spec = service.create(session, caller.owner, body)
+    response.headers["Location"] = f"/v1/specs/{spec.id}"
+    return SpecRead.model_validate(spec)
+
+
+@router.get("", response_model=Page[SpecListItem])
+def list_specs(
+    caller: CallerDep, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[SpecListItem]:
+    rows, total = service.list_(session, caller.owner, limit, offset)
+    return Page[SpecListItem](items=[SpecListItem.model_validate(r) for r in rows], total=total,
+                              limit=limit, offset=offset)
+
+
+@router.get("/{spec_id}", response_model=SpecRead)
+def get_spec(caller: CallerDep, session: SessionDep, spec_id: str) -> SpecRead:
+    return SpecRead.model_validate(service.get(session, caller.owner, spec_id))

@@ -1,0 +1,79 @@
+"""Dataset arrays for a job: opened memory-mapped, selected by name, split for validation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from app.core.errors import FieldError, invalid
+from app.core.storage import ArtifactStore
+from app.models import Dataset
+
+Arrays = dict[str, np.ndarray]
+Selected = np.ndarray | dict[str, np.ndarray]
+
+
+def open_arrays(store: ArtifactStore, dataset: Dataset) -> Arrays:
+    folder = store.path(dataset.storage_key)
+    return {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            for name in dataset.arrays}
+
+
+def select(arrays: Arrays, selector: Any, pointer: str) -> Selected:
+    """A name picks one array; a list of names stacks them as columns (1-D arrays become one
+    column each); a dict maps model input/output names to either."""
+    if isinstance(selector, dict):
+        return {key: _one(arrays, sub, f"{pointer}/{key}") for key, sub in selector.items()}
+    return _one(arrays, selector, pointer)
+
+
+def _one(arrays: Arrays, selector: str | list[str], pointer: str) -> np.ndarray:
+    if isinstance(selector, str):
+        return _get(arrays, selector, pointer)
+    columns = [_get(arrays, name, f"{pointer}/{i}") for i, name in enumerate(selector)]
+    flat = [c.reshape(len(c), -1) for c in columns]
+    return np.concatenate(flat, axis=1).astype(np.result_type(*flat), copy=False)
+
+
+def _get(arrays: Arrays, name: str, pointer: str) -> np.ndarray:
+    if name not in arrays:
+        raise invalid(f"The dataset has no array '{name}'.",
+                      [FieldError(pointer, f"unknown array; have {sorted(arrays)}")])
+    return arrays[name]
+
+
+def take(data: Selected, index: np.ndarray) -> Selected:
+    if isinstance(data, dict):
+        return {k: v[index] for k, v in data.items()}
+    return data[index]
+
+
+def validation_split(x: Selected, y: Selected, fraction: float, seed: int
+                     ) -> tuple[Selected, Selected, Selected, Selected]:
+    """Shuffle rows with `numpy.random.default_rng(seed).permutation(n)`, then hold out the last
+    `fraction` of that order (Keras's own rule for where the split falls:
+    ``split_at = ceil(n * (1 - fraction))``)."""
+    n = _rows(x)
+    order = np.random.default_rng(seed).permutation(n)
+    split_at = int(math.ceil(n * (1 - fraction)))
+    if split_at <= 0 or split_at >= n:
+        raise invalid(f"validation_split={fraction} leaves no training or no validation rows "
+                      f"of {n}.", [FieldError("/validation_split", "choose a fraction that "
+                                              "leaves rows on both sides")])
+    train, val = order[:split_at], order[split_at:]
+    return take(x, train), take(y, train), take(x, val), take(y, val)
+
+
+def _rows(data: Selected) -> int:
+    if isinstance(data, dict):
+        return len(next(iter(data.values())))
+    return len(data)
+
+
+def materialize(data: Selected) -> Selected:
+    """Plain in-memory arrays (Keras converts array inputs to tensors whole)."""
+    if isinstance(data, dict):
+        return {k: np.asarray(v) for k, v in data.items()}
+    return np.asarray(data)

@@ -1,0 +1,71 @@
+"""A job's state changes, each a short transaction guarded by the status it expects, so a
+redelivered or raced message can never move a job backwards or run it twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.core.db import session_scope
+from app.models import Job, JobEpoch, JobStatus
+from app.models.base import utcnow
+
+
+def claim(job_id: str, redelivered: bool) -> Job | None:
+    """queued → running. A redelivered message (its worker died mid-job) may take the job over
+    while it is still marked running; anything else is skipped."""
+    with session_scope() as s:
+        moved = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
+                          .values(status=JobStatus.running, started_at=utcnow())).rowcount  # type: ignore[attr-defined]
+        job = s.get(Job, job_id)
+        if job is None:
+            return None
+        if moved or (redelivered and job.status == JobStatus.running):
+            s.expunge(job)
+            return job
+        return None
+
+
+def record_epoch(job_id: str, epoch: int, logs: dict[str, float]) -> None:
+    """Upsert the (job, epoch) row and move the job's epoch counter."""
+    with session_scope() as s:
+        _upsert_epoch(s, job_id, epoch, logs)
+        s.execute(update(Job).where(Job.id == job_id).values(epoch=epoch + 1))
+
+
+def _upsert_epoch(s: Session, job_id: str, epoch: int, logs: dict[str, float]) -> None:
+    values = {"job_id": job_id, "epoch": epoch, "logs": logs, "created_at": utcnow()}
+    dialect = s.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(JobEpoch).values(**values)
+    s.execute(stmt.on_conflict_do_update(index_elements=["job_id", "epoch"],
+                                         set_={"logs": stmt.excluded.logs,
+                                               "created_at": stmt.excluded.created_at}))
+
+
+def cancel_requested(job_id: str) -> bool:
+    with session_scope() as s:
+        return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def finish(job_id: str, status: JobStatus, *, result: dict[str, Any] | None = None,
+           error: str | None = None, session: Session | None = None, **extra: Any) -> bool:
+    """running → a final status. Returns False when the job was no longer running."""
+    values = {"status": status, "finished_at": utcnow(), "result": result, "error": error, **extra}
+    stmt = update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(**values)
+    if session is not None:
+        return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    with session_scope() as s:
+        return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+
+def load(job_id: str) -> Job:
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise LookupError(job_id)
+        s.expunge(job)
+        return job

@@ -1,0 +1,36 @@
+"""The Celery worker: prefork pool, one job per child, TensorFlow imported only after the fork.
+
+Run it with `keras-jobs worker` (or `celery -A worker.celery_app worker`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_process_init
+
+from app.core.broker import get_celery
+
+app = get_celery()
+app.conf.include = ["worker.tasks"]
+log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _warm_child(**_kwargs: Any) -> None:
+    """Import TensorFlow in the fresh child while it waits for a job (never in the parent:
+    TensorFlow is not fork-safe), and let GPU memory grow instead of taking it all."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialized
+            log.warning("could not set memory growth on %s", gpu.name)
+    import keras  # noqa: F401
+
+    from app.core.db import get_engine
+
+    # The parent's pooled connections must not be shared across the fork.
+    get_engine().dispose(close=False)
