@@ -13,11 +13,14 @@ RUN_JOB_TASK = "keras_jobs.run_job"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    # Redis redelivers an unacked message after visibility_timeout; it must outlast the longest
+    # job. (The embedded SQLAlchemy transport hands its options to create_engine instead.)
+    transport = ({} if settings.embedded_broker
+                 else {"visibility_timeout": settings.visibility_timeout_s})
     return {
         "broker_url": settings.resolved_broker_url,
         "broker_connection_retry_on_startup": True,
-        # Redis redelivers an unacked message after this; it must outlast the longest job.
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": transport,
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,  # job state lives in the database

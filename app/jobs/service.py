@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.core.broker import enqueue_job
 from app.core.db import on_commit
-from app.core.errors import FieldError, conflict, invalid, not_found
+from app.core.errors import DomainError, FieldError, conflict, invalid, not_found
 from app.datasets import service as datasets
 from app.jobs.schemas import EvaluateJobCreate, FitJobCreate, JobRead
 from app.models import Dataset, Job, JobEpoch, JobStatus, JobType
@@ -55,7 +55,11 @@ def create(session: Session, owner: str, body: FitJobCreate | EvaluateJobCreate)
                   epochs=body.epochs)
     else:
         name, _, version = body.model.partition("/")
-        found = registry.resolve(session, owner, name, int(version) if version else None)
+        try:
+            found = registry.resolve(session, owner, name, int(version) if version else None)
+        except DomainError as exc:
+            raise invalid(f"Model '{body.model}' does not exist.",
+                          [FieldError("/model", "no such model or version")]) from exc
         params["model_version_id"] = found.id
         job = Job(owner=owner, type=JobType.evaluate, params=params, dataset_id=dataset.id,
                   model_name=found.name, model_version=found.version)
@@ -75,7 +79,7 @@ def _model_name(spec_name: str) -> str:
 def _dataset(session: Session, owner: str, dataset_id: str, pointer: str) -> Dataset:
     try:
         return datasets.get(session, owner, dataset_id)
-    except Exception as exc:
+    except DomainError as exc:
         raise invalid(f"Dataset '{dataset_id}' does not exist.",
                       [FieldError(pointer, "no such dataset")]) from exc
 
@@ -83,7 +87,7 @@ def _dataset(session: Session, owner: str, dataset_id: str, pointer: str) -> Dat
 def _spec(session: Session, owner: str, spec_id: str) -> Any:
     try:
         return specs.get(session, owner, spec_id)
-    except Exception as exc:
+    except DomainError as exc:
         raise invalid(f"Spec '{spec_id}' does not exist.",
                       [FieldError("/spec_id", "no such spec")]) from exc
 

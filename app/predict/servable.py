@@ -28,8 +28,10 @@ class Servable:
 
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
         self.inputs = [TensorInfo(t.name, tuple(t.shape), str(t.dtype)) for t in model.inputs]
+        # Functional models name their outputs; a Sequential's one output is its last layer.
+        names = getattr(model, "output_names", None) or [model.layers[-1].name]
         self.outputs = [TensorInfo(n, tuple(t.shape), str(t.dtype))
-                        for n, t in zip(model.output_names, model.outputs, strict=True)]
+                        for n, t in zip(names, model.outputs, strict=True)]
         signature = [tf.TensorSpec(shape=i.shape, dtype=i.dtype, name=i.name)
                      for i in self.inputs]
         single = len(self.inputs) == 1

@@ -1,0 +1,191 @@
+"""Every bad input gets a 4xx problem+json and leaves no row and no file behind."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import SEED_SPEC, assert_problem, npz_bytes, two_classes, upload
+
+
+def _counts() -> dict[str, int]:
+    from app.core.db import session_scope
+    from app.models import Dataset, Job, ModelVersion, Spec
+
+    with session_scope() as s:
+        return {m.__tablename__: s.scalar(select(func.count()).select_from(m)) or 0
+                for m in (Dataset, Spec, Job, ModelVersion)}
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def unchanged(client: Any, service_env: dict[str, str]) -> Iterator[None]:
+    """Asserts the test left the database and the artifact store as it found them."""
+    root = Path(service_env["KJ_ARTIFACT_ROOT"])
+    root.mkdir(parents=True, exist_ok=True)
+    before_rows, before_files = _counts(), _files(root)
+    yield
+    assert _counts() == before_rows
+    assert _files(root) == before_files
+
+
+def _zip_with(name: str, payload: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(name, payload)
+    return buf.getvalue()
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=True)
+    return buf.getvalue()
+
+
+BAD_UPLOADS = [
+    pytest.param("empty.npz", b"", 400, "/file", id="empty-file"),
+    pytest.param("notes.txt", b"hello there", 415, None, id="unknown-format"),
+    pytest.param("bad.npz", b"PK\x03\x04garbage", 422, "/file", id="corrupt-npz"),
+    pytest.param("bad.npy", b"\x93NUMPYgarbage", 422, "/file", id="corrupt-npy"),
+    pytest.param("obj.npz", npz_bytes(x=np.array([1, "a", None], dtype=object)), 422, "/file/x",
+                 id="object-dtype-npz"),
+    pytest.param("obj.npy", _npy(np.array([{"a": 1}], dtype=object)), 422, "/file",
+                 id="object-dtype-npy"),
+    pytest.param("rows.npz", npz_bytes(x=np.zeros((3, 2)), y=np.zeros(4)), 422, "/file/x",
+                 id="row-counts-differ"),
+    pytest.param("scalar.npz", npz_bytes(x=np.float32(3)), 422, "/file/x", id="0-d-array"),
+    pytest.param("evil.npz", _zip_with("../evil.npy", _npy(np.zeros(3))), 422, None,
+                 id="path-in-array-name"),
+    pytest.param("t.csv", b"a,b\n1,2\n3,x\n", 422, "/file", id="csv-not-a-number"),
+    pytest.param("t.csv", b"a,b\n1,2\n3\n", 422, "/file", id="csv-ragged-row"),
+    pytest.param("t.csv", b"a,b\n", 422, "/file", id="csv-no-rows"),
+    pytest.param("t.csv", b"a,a\n1,2\n", 422, "/file/columns", id="csv-duplicate-columns"),
+    pytest.param("t.csv", b"\xff\xfe\x00\x01", 422, "/file", id="csv-not-utf8"),
+]
+
+
+@pytest.mark.parametrize(("filename", "payload", "status", "pointer"), BAD_UPLOADS)
+def test_bad_upload(client: Any, unchanged: None, filename: str, payload: bytes, status: int,
+                    pointer: str | None) -> None:
+    r = client.post("/v1/datasets", files={"file": (filename, payload)})
+    assert_problem(r, status, pointer)
+
+
+def test_upload_without_file_field(client: Any, unchanged: None) -> None:
+    assert_problem(client.post("/v1/datasets", data={"name": "x"}), 422, "/file")
+
+
+def test_csv_upload_and_delete(client: Any, service_env: dict[str, str]) -> None:
+    r = client.post("/v1/datasets", files={"file": ("t.csv", b"a,b,label\n1,2.5,0\n3,4,1\n")})
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["format"] == "csv" and ds["num_rows"] == 2
+    assert ds["arrays"]["b"] == {"shape": [2], "dtype": "float32"}
+    assert ds["arrays"]["label"] == {"shape": [2], "dtype": "int64"}
+    folder = Path(service_env["KJ_ARTIFACT_ROOT"]) / "datasets" / ds["id"]
+    assert sorted(p.name for p in folder.iterdir()) == ["a.npy", "b.npy", "label.npy"]
+    assert client.get(f"/v1/datasets/{ds['id']}").json()["sha256"] == ds["sha256"]
+    assert client.delete(f"/v1/datasets/{ds['id']}").status_code == 204
+    assert not folder.exists()
+    assert_problem(client.get(f"/v1/datasets/{ds['id']}"), 404)
+
+
+BAD_SPECS = [
+    pytest.param({**SEED_SPEC, "layers": [{"type": "Dense", "units": 1}, {"type": "Densee",
+                                                                         "units": 1}]},
+                 "/layers/1/type", id="unknown-layer"),
+    pytest.param({**SEED_SPEC, "layers": [{"type": "Dense", "units": 4},
+                                          {"type": "Dense", "units": "abc"}]},
+                 "/layers/1/units", id="bad-argument"),
+    pytest.param({**SEED_SPEC, "layers": [{"type": "Dense", "units": 1, "colour": "red"}]},
+                 "/layers/0/colour", id="unknown-argument"),
+    pytest.param({**SEED_SPEC, "layers": [{"type": "Conv2D", "filters": 2, "kernel_size": 3}]},
+                 "/layers/0", id="shapes-do-not-fit"),
+    pytest.param({**SEED_SPEC, "layers": [{"type": "Lambda", "function": "lambda x: x"}]},
+                 "/layers/0/type", id="lambda"),
+    pytest.param({**SEED_SPEC, "layers": [{"type": "TFSMLayer", "filepath": "/tmp/x"}]},
+                 "/layers/0/type", id="tfsmlayer"),
+    pytest.param({**SEED_SPEC, "layers": [{"type": "Dense", "units": 1, "kernel_initializer": {
+        "module": "os", "class_name": "system", "config": {}}}]},
+                 "/layers/0/kernel_initializer/module", id="module-key"),
+    pytest.param({**SEED_SPEC, "compile": {**SEED_SPEC["compile"], "optimizer": "adamm"}},
+                 "/compile/optimizer", id="unknown-optimizer"),
+    pytest.param({k: v for k, v in SEED_SPEC.items() if k != "name"}, "/name", id="no-name"),
+]
+
+
+@pytest.mark.parametrize(("spec", "pointer"), BAD_SPECS)
+def test_bad_spec(client: Any, unchanged: None, spec: dict[str, Any], pointer: str) -> None:
+    body = assert_problem(client.post("/v1/specs", json=spec), 422)
+    pointers = [e["pointer"] for e in body["errors"]]
+    assert any(p == pointer or p.startswith(pointer + "/") for p in pointers), body
+
+
+def test_unknown_optimizer_suggests(client: Any, unchanged: None) -> None:
+    spec = {**SEED_SPEC, "compile": {**SEED_SPEC["compile"], "optimizer": "adamm"}}
+    body = assert_problem(client.post("/v1/specs", json=spec), 422)
+    assert "adam" in str(body)
+
+
+@pytest.fixture(scope="module")
+def fit_refs(client: Any) -> dict[str, str]:
+    x, y = two_classes(n=20)
+    ds = upload(client, "refs", x=x, y=y)
+    spec = client.post("/v1/specs", json=SEED_SPEC).json()
+    return {"spec_id": spec["id"], "dataset_id": ds["id"]}
+
+
+def _bad_jobs(refs: dict[str, str]) -> list[tuple[dict[str, Any], int, str]]:
+    fit = {"type": "fit", **refs}
+    return [
+        ({**fit, "spec_id": "spec_missing"}, 422, "/spec_id"),
+        ({**fit, "dataset_id": "ds_missing"}, 422, "/dataset_id"),
+        ({**fit, "x": "nope"}, 422, "/x"),
+        ({**fit, "y": ["x", "nope"]}, 422, "/y/1"),
+        ({**fit, "epochs": 0}, 422, "/epochs"),
+        ({**fit, "batch_size": -1}, 422, "/batch_size"),
+        ({**fit, "validation_split": 1.5}, 422, "/validation_split"),
+        ({**fit, "validation_split": 0.2, "validation_dataset_id": refs["dataset_id"]}, 422,
+         "/validation_dataset_id"),
+        ({**fit, "model_name": "bad name/with slash"}, 422, "/model_name"),
+        ({**fit, "learning_rate": 3}, 422, "/learning_rate"),
+        ({"type": "train", **refs}, 422, "/type"),
+        ({"type": "evaluate", "model": "missing-model", "dataset_id": refs["dataset_id"]}, 422,
+         "/model"),
+    ]
+
+
+def test_bad_jobs(client: Any, fit_refs: dict[str, str], service_env: dict[str, str]) -> None:
+    root = Path(service_env["KJ_ARTIFACT_ROOT"])
+    before_rows, before_files = _counts(), _files(root)
+    for body, status, pointer in _bad_jobs(fit_refs):
+        r = client.post("/v1/jobs", json=body)
+        problem = assert_problem(r, status)
+        pointers = [e["pointer"] for e in problem.get("errors", [])]
+        assert any(p.startswith(pointer) for p in pointers), (body, problem)
+    assert _counts() == before_rows
+    assert _files(root) == before_files
+
+
+def test_not_found_and_cancel_unknown(client: Any) -> None:
+    for path in ("/v1/specs/spec_nope", "/v1/datasets/ds_nope", "/v1/jobs/job_nope",
+                 "/v1/models/nope"):
+        assert_problem(client.get(path), 404)
+    assert_problem(client.post("/v1/jobs/job_nope:cancel"), 404)
+
+
+def test_health(client: Any) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["checks"] == {"database": "ok", "broker": "ok", "artifact_store": "ok"}
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,106 @@
+"""The embedded default, as a user runs it: `keras-jobs serve` with nothing configured but
+KJ_HOME (SQLite, a local artifact folder, the SQLAlchemy broker and its own worker process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, SEED_SPEC, two_classes, upload, wait_for_job
+from tests.scenario import run_tutorial
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    def __init__(self, home: Path, *extra: str) -> None:
+        self.port = _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KJ_")}
+        env.update({"KJ_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2"})
+        self.log = (home / f"serve-{self.port}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *extra],
+            env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60)
+        deadline = time.monotonic() + 90
+        while True:
+            assert self.proc.poll() is None, "keras-jobs serve exited"
+            try:
+                if self.http.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "keras-jobs serve did not become ready"
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.http.close()
+        self.proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+        self.proc.wait(60)
+        self.log.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "kj"
+
+
+def _worker_children(pid: int) -> list[str]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True, check=False)
+    return out.stdout.split()
+
+
+def test_embedded_serve_runs_the_tutorial(home: Path) -> None:
+    served = Served(home)
+    try:
+        worker_pids = _worker_children(served.proc.pid)
+        assert worker_pids, "serve started no worker process"
+        run_tutorial(served.http, "seed-linear-embedded")
+    finally:
+        served.stop()
+    assert (home / "keras-jobs.db").exists() and (home / "broker.db").exists()
+    assert list((home / "artifacts" / "models").rglob("model.keras"))
+    # Stopping serve stops its worker too.
+    time.sleep(1)
+    for pid in worker_pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+            f"/proc/{pid}/status").read_text().lower(), f"worker {pid} outlived serve"
+
+
+def test_queued_job_survives_restart(home: Path) -> None:
+    api_only = Served(home, "--no-worker")
+    try:
+        x, y = two_classes(n=100)
+        dataset = upload(api_only.http, "restart", x=x, y=y)
+        spec = api_only.http.post("/v1/specs", json=SEED_SPEC).json()
+        job: dict[str, Any] = api_only.http.post("/v1/jobs", json={
+            "type": "fit", "spec_id": spec["id"], "dataset_id": dataset["id"], "epochs": 2,
+            "model_name": "restart"}).json()
+        time.sleep(1)
+        assert api_only.http.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    finally:
+        api_only.stop()
+    served = Served(home)
+    try:
+        done = wait_for_job(served.http, job["id"], timeout=180)
+        assert done["status"] == "succeeded", done
+        assert len(done["history"]["loss"]) == 2
+    finally:
+        served.stop()
