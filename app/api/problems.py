@@ -27,13 +27,16 @@ def problem(status: int, title: str, detail: str, instance: str, *,
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
-def _pointer(loc: tuple[Any, ...] | list[Any]) -> str:
+def _pointer(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str:
     """FastAPI's error location ('body', 'layers', 1, 'units') as a JSON pointer."""
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header", "form", "cookie"):
         where = parts.pop(0)
         if where != "body" and parts:
             return f"/{where}/" + "/".join(str(p) for p in parts)
+        # A discriminated union puts its tag ("fit") into the location; it is not in the body.
+        if parts and isinstance(body, dict) and parts[0] == body.get("type"):
+            parts.pop(0)
     escaped = [str(p).replace("~", "~0").replace("/", "~1") for p in parts]
     return "/" + "/".join(escaped) if escaped else ""
 
@@ -46,7 +49,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"pointer": _pointer(e.get("loc", ())), "detail": e.get("msg", "invalid")}
+        errors = [{"pointer": _pointer(e.get("loc", ()), exc.body)
+                   + ("/type" if e.get("type", "").startswith("union_tag_") else ""),
+                   "detail": e.get("msg", "invalid")}
                   for e in exc.errors()]
         summary = "; ".join(f"{e['pointer'] or '/'}: {e['detail']}" for e in errors[:5])
         return problem(422, "Invalid request", f"The request does not match the schema: {summary}",

@@ -116,7 +116,7 @@ BAD_SPECS = [
     pytest.param({**SEED_SPEC, "layers": [{"type": "TFSMLayer", "filepath": "/tmp/x"}]},
                  "/layers/0/type", id="tfsmlayer"),
     pytest.param({**SEED_SPEC, "layers": [{"type": "Dense", "units": 1, "kernel_initializer": {
-        "module": "os", "class_name": "system", "config": {}}}]},
+        "module": "os", "class_name": "RandomUniform", "config": {}}}]},
                  "/layers/0/kernel_initializer/module", id="module-key"),
     pytest.param({**SEED_SPEC, "compile": {**SEED_SPEC["compile"], "optimizer": "adamm"}},
                  "/compile/optimizer", id="unknown-optimizer"),
