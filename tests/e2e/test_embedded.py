@@ -33,6 +33,7 @@ class Served:
         self.port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("KJ_")}
         env.update({"KJ_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2"})
+        home.mkdir(parents=True, exist_ok=True)
         self.log = (home / f"serve-{self.port}.log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *extra],
