@@ -49,7 +49,8 @@ def pg_database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def service_env(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def service_env(pg_database: str,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """KJ_* settings for PostgreSQL + Redis, applied to this process and handed to workers."""
     home = tmp_path_factory.mktemp("kj-home")
     env = {

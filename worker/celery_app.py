@@ -17,7 +17,7 @@ app.conf.include = ["worker.tasks"]
 log = logging.getLogger(__name__)
 
 
-@worker_process_init.connect
+@worker_process_init.connect  # type: ignore[untyped-decorator]
 def _warm_child(**_kwargs: Any) -> None:
     """Import TensorFlow in the fresh child while it waits for a job (never in the parent:
     TensorFlow is not fork-safe), and let GPU memory grow instead of taking it all."""

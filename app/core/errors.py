@@ -35,7 +35,8 @@ class DomainError(Exception):
         return "; ".join(parts)
 
 
-def invalid(detail: str, errors: list[FieldError] | None = None, title: str = "Invalid input") -> DomainError:
+def invalid(detail: str, errors: list[FieldError] | None = None,
+            title: str = "Invalid input") -> DomainError:
     """422: the request is well-formed but its content cannot be used."""
     return DomainError(422, title, detail, errors or [], type="/problems/invalid-input")
 
@@ -54,4 +55,5 @@ def bad_request(detail: str, errors: list[FieldError] | None = None) -> DomainEr
 
 
 def unsupported_media(detail: str) -> DomainError:
-    return DomainError(415, "Unsupported media type", detail, type="/problems/unsupported-media-type")
+    return DomainError(415, "Unsupported media type", detail,
+                       type="/problems/unsupported-media-type")

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from app.core.errors import FieldError, DomainError, bad_request, invalid, unsupported_media
+from app.core.errors import DomainError, FieldError, bad_request, invalid, unsupported_media
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 NPY_MAGIC = b"\x93NUMPY"
@@ -86,8 +86,9 @@ def _copy_npy(fh: IO[bytes], target: Path, pointer: str, max_bytes: int) -> None
             )
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if nbytes > max_bytes:
-            raise DomainError(413, "Dataset too large", f"Array is {nbytes} bytes; the limit is "
-                              f"{max_bytes} (KJ_MAX_UPLOAD_BYTES).", [FieldError(pointer, "too large")])
+            raise DomainError(413, "Dataset too large",
+                              f"Array is {nbytes} bytes; the limit is {max_bytes}.",
+                              [FieldError(pointer, "too large")], type="/problems/too-large")
         out = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape,
                                         fortran_order=fortran) if nbytes else None
         if out is None:

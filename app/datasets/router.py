@@ -16,7 +16,8 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 def upload_dataset(
     caller: CallerDep, session: SessionDep, store: StoreDep, settings: SettingsDep,
     response: Response,
-    file: Annotated[UploadFile, File(description=".npz (named arrays), .npy, or .csv with a header")],
+    file: Annotated[UploadFile, File(description=".npz (named arrays), .npy, or .csv "
+                                     "with a header row")],
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> DatasetRead:
     dataset = service.create(session, store, caller.owner, file.file, file.filename or "upload",
@@ -42,5 +43,6 @@ def get_dataset(caller: CallerDep, session: SessionDep, dataset_id: str) -> Data
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_dataset(caller: CallerDep, session: SessionDep, store: StoreDep, dataset_id: str) -> None:
+def delete_dataset(caller: CallerDep, session: SessionDep, store: StoreDep,
+                   dataset_id: str) -> None:
     service.delete(session, store, caller.owner, dataset_id)

@@ -32,8 +32,9 @@ def create(session: Session, store: ArtifactStore, owner: str, upload: IO[bytes]
             while chunk := upload.read(COPY_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise DomainError(413, "Upload too large", f"The upload exceeds {max_bytes} "
-                                      "bytes (KJ_MAX_UPLOAD_BYTES).", [FieldError("/file", "too large")],
+                    raise DomainError(413, "Upload too large",
+                                      f"The upload exceeds {max_bytes} bytes "
+                                      "(KJ_MAX_UPLOAD_BYTES).", [FieldError("/file", "too large")],
                                       type="/problems/too-large")
                 digest.update(chunk)
                 out.write(chunk)

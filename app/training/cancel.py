@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 
 from app.models import JobStatus
 from app.training import lifecycle

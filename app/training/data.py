@@ -46,8 +46,8 @@ def _get(arrays: Arrays, name: str, pointer: str) -> np.ndarray:
 
 def take(data: Selected, index: np.ndarray) -> Selected:
     if isinstance(data, dict):
-        return {k: v[index] for k, v in data.items()}
-    return data[index]
+        return {k: np.asarray(v[index]) for k, v in data.items()}
+    return np.asarray(data[index])
 
 
 def validation_split(x: Selected, y: Selected, fraction: float, seed: int

@@ -29,14 +29,14 @@ def claim(job_id: str, redelivered: bool) -> Job | None:
         return None
 
 
-def record_epoch(job_id: str, epoch: int, logs: dict[str, float]) -> None:
+def record_epoch(job_id: str, epoch: int, logs: dict[str, float | None]) -> None:
     """Upsert the (job, epoch) row and move the job's epoch counter."""
     with session_scope() as s:
         _upsert_epoch(s, job_id, epoch, logs)
         s.execute(update(Job).where(Job.id == job_id).values(epoch=epoch + 1))
 
 
-def _upsert_epoch(s: Session, job_id: str, epoch: int, logs: dict[str, float]) -> None:
+def _upsert_epoch(s: Session, job_id: str, epoch: int, logs: dict[str, float | None]) -> None:
     values = {"job_id": job_id, "epoch": epoch, "logs": logs, "created_at": utcnow()}
     dialect = s.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
