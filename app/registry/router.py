@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import CallerDep, SessionDep, StoreDep
 from app.api.schemas import Page
+from app.core.errors import FieldError, bad_request
 from app.jobs.schemas import MODEL_NAME_PATTERN
 from app.predict import service as predict
 from app.registry import service
@@ -49,15 +52,32 @@ def get_version_metadata(caller: CallerDep, session: SessionDep, store: StoreDep
     return predict.metadata(session, store, caller.owner, name, version)
 
 
-@router.post("/{name}:predict")
-def predict_latest(caller: CallerDep, session: SessionDep, store: StoreDep, name: NameParam,
-                   body: Annotated[Any, Body(examples=[PREDICT_EXAMPLE])]) -> dict[str, Any]:
+PREDICT_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object"}, "example": PREDICT_EXAMPLE}}}}
+
+
+async def _json_body(request: Request) -> Any:
+    """TensorFlow Serving clients often send JSON without a JSON content type; accept it."""
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise bad_request(f"The body is not valid JSON: {exc}",
+                          [FieldError("", "expected a JSON object")]) from exc
+
+
+@router.post("/{name}:predict", openapi_extra=PREDICT_OPENAPI)
+async def predict_latest(caller: CallerDep, session: SessionDep, store: StoreDep,
+                         name: NameParam, request: Request) -> dict[str, Any]:
     """TensorFlow Serving's predict: rows `{"instances": [...]}` or columns `{"inputs": ...}`."""
-    return predict.predict(session, store, caller.owner, name, None, body)
+    body = await _json_body(request)
+    return await run_in_threadpool(predict.predict, session, store, caller.owner, name, None, body)
 
 
-@router.post("/{name}/versions/{version}:predict")
-def predict_version(caller: CallerDep, session: SessionDep, store: StoreDep, name: NameParam,
-                    version: VersionParam,
-                    body: Annotated[Any, Body(examples=[PREDICT_EXAMPLE])]) -> dict[str, Any]:
-    return predict.predict(session, store, caller.owner, name, version, body)
+@router.post("/{name}/versions/{version}:predict", openapi_extra=PREDICT_OPENAPI)
+async def predict_version(caller: CallerDep, session: SessionDep, store: StoreDep,
+                          name: NameParam, version: VersionParam,
+                          request: Request) -> dict[str, Any]:
+    body = await _json_body(request)
+    return await run_in_threadpool(predict.predict, session, store, caller.owner, name, version,
+                                   body)

@@ -30,6 +30,13 @@ def test_predict_wrong_shape_names_expected_shape(client: Any, trained: dict[str
     assert "[None, 2]" in body["detail"] and "error" in body
     assert_problem(client.post(f"/v1/models/{name}:predict", json={"rows": []}), 400)
     assert_problem(client.post("/v1/models/nope:predict", json={"instances": [[1, 2]]}), 404)
+    assert_problem(client.post(f"/v1/models/{name}:predict", content=b"{not json"), 400)
+    assert_problem(client.post(f"/v1/models/{name}:predict", json={"instances": [[1, "a"]]}),
+                   400, "/instances")
+    # Like TF Serving, a JSON body without a JSON content type is accepted (curl -d sends form).
+    r = client.post(f"/v1/models/{name}:predict", content=b'{"instances": [[0, 3]]}',
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1, r.text
 
 
 def keras_reference(x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, list[float]]:
