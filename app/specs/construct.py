@@ -7,10 +7,8 @@ import inspect
 import re
 from typing import Any
 
-from app.specs.allowlist import refuse
+from app.specs.allowlist import DATA_MARKERS, MODULES, REGISTRIES, SPEC_CATEGORIES, refuse
 
-# Layer.__init__ pops these from **kwargs; inputs are declared in the spec's `inputs` block.
-_LEGACY_LAYER_KWARGS = frozenset({"input_dim", "input_shape", "batch_input_shape", "batch_size"})
 # Past these bases, __init__ signatures are generic (*args, **kwargs) and say nothing.
 _STOP_BASES = frozenset({"Layer", "BaseOptimizer", "Loss", "Metric"})
 
@@ -37,7 +35,7 @@ def constructor_params(cls: type[Any]) -> tuple[set[str], set[str]]:
                 required.add(p.name)
         if klass.__name__ in _STOP_BASES or not any(p.kind == p.VAR_KEYWORD for p in params):
             break
-    return accepted - _LEGACY_LAYER_KWARGS, required
+    return accepted, required
 
 
 def check_kwargs(cls: type[Any], kwargs: dict[str, Any], pointer: str, what: str) -> None:
@@ -72,13 +70,47 @@ def blame(exc: BaseException, kwargs: dict[str, Any], pointer: str) -> str:
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
+    # from_config wraps the real cause after this marker, behind a dump of the whole config.
+    text = text.rsplit("Exception encountered: ", 1)[-1]
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _is_object(value: Any) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(_is_object(v) for v in value)
+    return isinstance(value, dict) and "class_name" in value
+
+
+def materialize(value: Any) -> Any:
+    """Construct a normalized nested object (or list of them) through its constructor.
+
+    Constructors (unlike Keras's from_config) accept partial configs such as
+    {"class_name": "Rescaling", "config": {"scale": 0.5}}; inner objects are built first,
+    as hand-written Keras code would build them.
+    """
+    if isinstance(value, list):
+        return [materialize(v) for v in value]
+    if not _is_object(value):
+        return value
+    name = value["class_name"]
+    if name in DATA_MARKERS:
+        import keras
+
+        return keras.saving.deserialize_keras_object(value, safe_mode=True)
+    category = next(c for c in SPEC_CATEGORIES
+                    if MODULES[c][0] == value["module"] and name in REGISTRIES[c].classes)
+    cls = REGISTRIES[category].classes[name]
+    return cls(**{k: materialize(v) for k, v in value["config"].items()})
+
+
 def instantiate(cls: type[Any], config: dict[str, Any], pointer: str, what: str) -> Any:
-    """cls.from_config(config) (Keras's own path, handles nested objects); errors -> 422."""
+    """cls(**config) with nested objects constructed first; errors -> 422 at the culprit.
+
+    `config` must already be checked and normalized (keras_config.normalize), so every
+    nested class_name is an allowlisted built-in.
+    """
     try:
-        return cls.from_config(config)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return cls(**{k: materialize(v) for k, v in config.items()})
+    except Exception as exc:  # any failure here is caused by the user-supplied config
         where = blame(exc, config, pointer)
         raise refuse(where, f"invalid {what} ({cls.__name__}): {first_line(exc)}") from exc

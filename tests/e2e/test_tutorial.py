@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,3 +135,25 @@ def wait_until_epoch(client: Any, job_id: str, epoch: int, timeout: float = 60) 
     while client.get(f"/v1/jobs/{job_id}").json()["epoch"] < epoch:
         assert time.monotonic() < deadline, "job made no progress"
         time.sleep(0.1)
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_tensorflow_only_in_worker_children(worker: Any) -> None:
+    """The worker's parent process never loads TensorFlow (it forks children); each child
+    imports it after the fork (worker_process_init)."""
+    import subprocess
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(worker.pid)],
+                             capture_output=True, text=True, check=False).stdout.split()
+        children = [int(p) for p in out]
+        if children and any("libtensorflow" in _maps(c) for c in children):
+            break
+        assert time.monotonic() < deadline, "no worker child with TensorFlow loaded"
+        time.sleep(0.5)
+    assert "libtensorflow" not in _maps(worker.pid)

@@ -1,0 +1,328 @@
+"""JSON model spec -> Keras model, with every name checked against the allowlist first.
+
+A spec has one of three forms (top-level keys: name, description, inputs, layers, outputs,
+compile, keras_config):
+
+Sequential: no layer names `inputs` and there is no `outputs`; exactly one input. Layers are
+built in order with keras.Sequential, consuming Keras's random state exactly as the
+equivalent hand-written `keras.Sequential([keras.Input(...), layer, ...])` does.
+
+Graph: some layer has `inputs`, or the spec lists `outputs`. Each layer's `inputs` is
+  - absent:              the output of the layer just before it (the sole model input if first)
+  - "ref":               one call on one tensor
+  - ["a", "b"]:          one call on a list of tensors (Concatenate, Add, Attention, ...);
+                         MultiHeadAttention/GroupQueryAttention get them positionally as
+                         (query, value[, key])
+  - [["a"], ["b"]]:      a shared layer: the same layer object called once per inner list
+A ref is a spec input name or an earlier layer's name. "name" means that layer's last call,
+"name:0", "name:1", ... its n-th call (0-based) for shared layers. `outputs` lists refs; a
+single output makes a single-output model. Several inputs make the model take a dict
+{input name: array}; one input takes a plain array.
+
+Import: `keras_config` holds model.to_json() output (string or parsed); it is checked with
+check_keras_config and deserialized in safe mode. Its compile_config is ignored: the spec's
+`compile` block is the only source of compile settings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from app.specs.allowlist import refuse, resolve_class
+from app.specs.compiler import compile_model
+from app.specs.construct import check_kwargs, first_line, instantiate, pointer_join
+from app.specs.keras_config import check_keras_config, key_category, normalize
+from app.specs.model_info import adapt_layers, describe
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = ["adapt_layers", "build_compiled", "build_model", "check_keras_config",
+           "compile_model", "describe"]
+
+SPEC_KEYS = frozenset({"name", "description", "inputs", "layers", "outputs", "compile",
+                       "keras_config"})
+INPUT_KEYS = frozenset({"name", "shape", "dtype"})
+INPUT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "int16",
+                          "int32", "int64", "uint8", "bool", "string"})
+LAYER_META = frozenset({"type", "inputs"})
+# Layers whose call() takes (query, value, key) as separate arguments.
+POSITIONAL_CALL = frozenset({"MultiHeadAttention", "GroupedQueryAttention"})
+# Arguments that Keras reads as a file path when given a string.
+PATH_ARGS = frozenset({"vocabulary", "idf_weights"})
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
+
+
+@dataclass
+class _Layer:
+    index: int
+    pointer: str
+    cls: type[Any]
+    type_name: str
+    name: str | None
+    kwargs: dict[str, Any]
+    calls: list[list[tuple[str, str]]] | None  # per call: (ref, pointer); None = previous
+    outputs: list[Any] = field(default_factory=list)
+
+
+def build_model(spec: dict[str, Any]) -> keras.Model:
+    """Validate `spec` and build its (uncompiled) model; any problem is a 422 DomainError."""
+    if not isinstance(spec, dict):
+        raise refuse("", "expected the model spec as a JSON object")
+    for key in spec:
+        if key not in SPEC_KEYS:
+            raise refuse(pointer_join("", key), f"unknown key '{key}' (allowed: "
+                                                f"{', '.join(sorted(SPEC_KEYS))})")
+    name = spec.get("name")
+    if name is not None and (not isinstance(name, str) or not NAME_RE.match(name)):
+        raise refuse("/name", "expected a name of letters, digits, '_', '.', '-' (≤100)")
+    if "keras_config" in spec:
+        for key in ("inputs", "layers", "outputs"):
+            if key in spec:
+                raise refuse(f"/{key}", f"'{key}' cannot be combined with 'keras_config': "
+                                        "give either a layer spec or an imported config")
+        return _import(spec["keras_config"])
+    inputs = _inputs(spec.get("inputs"))
+    layers = _layers(spec.get("layers"), set(inputs))
+    graph = "outputs" in spec or any(layer.calls is not None for layer in layers)
+    if not graph:
+        return _sequential(name, inputs, layers)
+    return _graph(name, inputs, layers, spec["outputs"] if "outputs" in spec else None)
+
+
+def build_compiled(spec: dict[str, Any]) -> keras.Model:
+    model = build_model(spec)
+    if "compile" not in spec:
+        raise refuse("/compile", "missing 'compile' block (optimizer, loss, metrics)")
+    compile_model(model, spec["compile"])
+    return model
+
+
+def _inputs(raw: Any) -> dict[str, tuple[str, tuple[int | None, ...], str]]:
+    """name -> (pointer, shape without batch dim, dtype)."""
+    if not isinstance(raw, list) or not raw:
+        raise refuse("/inputs", 'expected a non-empty list of inputs {"name", "shape"}')
+    out: dict[str, tuple[str, tuple[int | None, ...], str]] = {}
+    for i, item in enumerate(raw):
+        ptr = f"/inputs/{i}"
+        if not isinstance(item, dict):
+            raise refuse(ptr, 'expected an object {"name", "shape", "dtype"?}')
+        for key in item:
+            if key not in INPUT_KEYS:
+                raise refuse(pointer_join(ptr, key), f"unknown key '{key}' in an input "
+                                                     "(allowed: dtype, name, shape)")
+        name = item.get("name")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise refuse(f"{ptr}/name", "expected a name of letters, digits, '_', '.', '-'")
+        if name in out:
+            raise refuse(f"{ptr}/name", f"duplicate input name '{name}'")
+        shape = item.get("shape")
+        if not isinstance(shape, list) or not all(
+                d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0)
+                for d in shape):
+            raise refuse(f"{ptr}/shape", "expected a list of positive integers or null "
+                                         "(without the batch dimension)")
+        dtype = item.get("dtype", "float32")
+        if dtype not in INPUT_DTYPES:
+            raise refuse(f"{ptr}/dtype", f"unknown dtype {dtype!r} (allowed: "
+                                         f"{', '.join(sorted(INPUT_DTYPES))})")
+        out[name] = (ptr, tuple(shape), dtype)
+    return out
+
+
+def _layers(raw: Any, input_names: set[str]) -> list[_Layer]:
+    """Check every layer spec (names, refs, arguments) without constructing anything."""
+    if not isinstance(raw, list) or not raw:
+        raise refuse("/layers", 'expected a non-empty list of layers {"type", ...}')
+    seen: dict[str, int] = {}  # every layer name -> index, so refs can say "later"
+    for i, item in enumerate(raw):
+        ptr = f"/layers/{i}"
+        if not isinstance(item, dict):
+            raise refuse(ptr, 'expected a layer object {"type": ..., <arguments>}')
+        name = item.get("name")
+        if name is not None:
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise refuse(f"{ptr}/name", "expected a name of letters, digits, '_', '.', '-'")
+            if name in input_names or name in seen:
+                raise refuse(f"{ptr}/name", f"duplicate name '{name}' (layer and input "
+                                            "names must be unique)")
+            seen[name] = i
+    layers: list[_Layer] = []
+    for i, item in enumerate(raw):
+        ptr = f"/layers/{i}"
+        if "type" not in item:
+            raise refuse(f"{ptr}/type", "missing layer 'type' (e.g. \"Dense\")")
+        cls = resolve_class("layer", item["type"], f"{ptr}/type")
+        name = item.get("name")
+        kwargs = {k: v for k, v in item.items() if k not in LAYER_META}
+        check_kwargs(cls, kwargs, ptr, f"layers/{i}")
+        for arg in PATH_ARGS & kwargs.keys():
+            if isinstance(kwargs[arg], str):
+                raise refuse(f"{ptr}/{arg}", f"'{arg}' must be a list: file paths are refused")
+        checked = {k: normalize(v, pointer_join(ptr, k), key_category(k, "layer"))
+                   for k, v in kwargs.items()}
+        calls = (_calls(item["inputs"], f"{ptr}/inputs", input_names, seen, i)
+                 if "inputs" in item else None)
+        layers.append(_Layer(i, ptr, cls, item["type"], name, checked, calls))
+    return layers
+
+
+def _calls(raw: Any, ptr: str, input_names: set[str], seen: dict[str, int],
+           index: int) -> list[list[tuple[str, str]]]:
+    if isinstance(raw, str):
+        groups: list[Any] = [[raw]]
+    elif isinstance(raw, list) and raw and all(isinstance(g, list) for g in raw):
+        groups = raw
+    elif isinstance(raw, list) and raw and all(isinstance(r, str) for r in raw):
+        groups = [raw]
+    else:
+        raise refuse(ptr, 'expected "ref", ["ref", ...] or [["ref", ...], ...] '
+                          "(one inner list per call of a shared layer)")
+    calls: list[list[tuple[str, str]]] = []
+    for g, group in enumerate(groups):
+        if not group:
+            raise refuse(pointer_join(ptr, g), "a call needs at least one input")
+        refs: list[tuple[str, str]] = []
+        for r, ref in enumerate(group):
+            rptr = ptr if isinstance(raw, str) else (
+                pointer_join(ptr, r) if len(groups) == 1 and not isinstance(raw[0], list)
+                else f"{ptr}/{g}/{r}")
+            if not isinstance(ref, str):
+                raise refuse(rptr, "expected a layer or input name")
+            base = ref.split(":", 1)[0]
+            if base not in input_names and base not in seen:
+                import difflib
+                close = difflib.get_close_matches(base, sorted(input_names | set(seen)), n=1)
+                hint = f" — did you mean '{close[0]}'?" if close else ""
+                raise refuse(rptr, f"unknown input or layer '{base}'{hint}")
+            if base in seen and seen[base] >= index:
+                raise refuse(rptr, f"'{base}' is this layer or a later one: a layer may only "
+                                   "use inputs and layers listed before it")
+            refs.append((ref, rptr))
+        calls.append(refs)
+    return calls
+
+
+def _construct(layer: _Layer) -> Any:
+    return instantiate(layer.cls, layer.kwargs, layer.pointer, f"layers/{layer.index}")
+
+
+def _input_tensor(name: str, spec: tuple[str, tuple[int | None, ...], str]) -> Any:
+    import keras
+
+    return keras.Input(shape=spec[1], dtype=spec[2], name=name)
+
+
+def _call_error(layer: _Layer, exc: Exception, shapes: Any) -> Exception:
+    return refuse(layer.pointer, f"layers/{layer.index} ({layer.type_name}) cannot be applied "
+                                 f"to input shape {shapes}: {first_line(exc)}")
+
+
+def _sequential(name: str | None, inputs: dict[str, Any], layers: list[_Layer]) -> keras.Model:
+    import keras
+
+    if len(inputs) != 1:
+        raise refuse("/inputs", "a sequential spec takes exactly one input; name each "
+                                "layer's `inputs` to build a graph with several")
+    # Construct all layers first, then add them: the same order of random-state use as
+    # keras.Sequential([keras.Input(...), *layers]).
+    objs = [_construct(layer) for layer in layers]
+    (in_name, in_spec), = inputs.items()
+    model = keras.Sequential(name=name) if name else keras.Sequential()
+    tensor = _input_tensor(in_name, in_spec)
+    model.add(tensor)
+    shape: Any = tensor.shape
+    for layer, obj in zip(layers, objs, strict=True):
+        try:
+            model.add(obj)  # rebuilds the graph, so a shape error surfaces on this layer
+        except Exception as exc:  # Keras raises ValueError/TypeError/NotImplementedError
+            raise _call_error(layer, exc, shape) from exc
+        shape = model.layers[-1].output.shape
+    return model
+
+
+def _graph(name: str | None, inputs: dict[str, Any], layers: list[_Layer],
+           outputs: Any) -> keras.Model:
+    import keras
+
+    if outputs is None:
+        raise refuse("/outputs", "a graph spec must list its `outputs` (layer names)")
+    input_tensors = {n: _input_tensor(n, s) for n, s in inputs.items()}
+    produced: dict[str, list[Any]] = {n: [t] for n, t in input_tensors.items()}
+    previous: Any = next(iter(input_tensors.values())) if len(inputs) == 1 else None
+    for layer in layers:
+        obj = _construct(layer)
+        if layer.calls is None:
+            if previous is None:
+                raise refuse(f"{layer.pointer}/inputs", "this layer must name its `inputs` "
+                                                        "(the model has several inputs)")
+            groups: list[list[Any]] = [[previous]]
+        else:
+            groups = [[_ref(ref, rptr, produced) for ref, rptr in call] for call in layer.calls]
+        for args in groups:
+            shapes = [getattr(t, "shape", None) for t in args]
+            try:
+                if layer.cls.__name__ in POSITIONAL_CALL:
+                    out = obj(*args)
+                else:
+                    out = obj(args[0] if len(args) == 1 else args)
+            except Exception as exc:  # shape/dtype mismatch raised by the layer
+                raise _call_error(layer, exc, shapes[0] if len(shapes) == 1 else shapes) from exc
+            layer.outputs.append(out)
+        if layer.name is not None:
+            produced[layer.name] = layer.outputs
+        previous = layer.outputs[-1]
+    refs = outputs if isinstance(outputs, list) else [outputs]
+    if not refs:
+        raise refuse("/outputs", "expected at least one output")
+    outs = [_ref(r, pointer_join("/outputs", i) if isinstance(outputs, list) else "/outputs",
+                 produced, inputs_ok=False, inputs=set(inputs)) for i, r in enumerate(refs)]
+    model_inputs: Any = (next(iter(input_tensors.values())) if len(input_tensors) == 1
+                         else input_tensors)
+    try:
+        return keras.Model(inputs=model_inputs, outputs=outs[0] if len(outs) == 1 else outs,
+                           name=name)
+    except Exception as exc:  # e.g. an output not connected to the inputs
+        raise refuse("/outputs", f"cannot assemble the model: {first_line(exc)}") from exc
+
+
+def _ref(ref: Any, ptr: str, produced: dict[str, list[Any]], inputs_ok: bool = True,
+         inputs: set[str] | None = None) -> Any:
+    if not isinstance(ref, str):
+        raise refuse(ptr, "expected a layer name (optionally 'name:n' for the n-th call)")
+    base, _, idx = ref.partition(":")
+    if base not in produced or (not inputs_ok and inputs and base in inputs):
+        import difflib
+        choices = sorted(k for k in produced if inputs_ok or not inputs or k not in inputs)
+        close = difflib.get_close_matches(base, choices, n=1)
+        hint = f" — did you mean '{close[0]}'?" if close else ""
+        raise refuse(ptr, f"unknown layer '{base}'{hint}")
+    calls = produced[base]
+    if not idx:
+        return calls[-1]
+    if not idx.isdigit() or int(idx) >= len(calls):
+        raise refuse(ptr, f"'{ref}': layer '{base}' is called {len(calls)} time(s); "
+                          f"use '{base}:0'..'{base}:{len(calls) - 1}'")
+    return calls[int(idx)]
+
+
+def _import(raw: Any) -> keras.Model:
+    import keras
+
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise refuse("/keras_config", f"not valid JSON: {exc}") from exc
+    check_keras_config(raw, "/keras_config")
+    config = {k: v for k, v in raw.items() if k != "compile_config"}
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as exc:  # malformed but allowlisted config
+        raise refuse("/keras_config", f"cannot rebuild the model: {first_line(exc)}") from exc
+    if not isinstance(model, keras.Model):
+        raise refuse("/keras_config", "the config does not describe a model")
+    return model

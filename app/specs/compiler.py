@@ -1,0 +1,125 @@
+"""The spec's `compile` block -> model.compile(), every object checked against the allowlist.
+
+jit_compile may only be false/absent: XLA changes numerics and memory use between CPU and GPU
+workers, and a job must behave the same wherever it is scheduled.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from app.specs.allowlist import REGISTRIES, Category, refuse, resolve_class, resolve_string
+from app.specs.construct import check_kwargs, instantiate, pointer_join
+from app.specs.keras_config import normalize
+
+COMPILE_KEYS = frozenset({"optimizer", "loss", "loss_weights", "metrics", "weighted_metrics",
+                          "jit_compile"})
+
+
+def compile_model(model: Any, compile_block: dict[str, Any], pointer: str = "/compile") -> None:
+    """Check `compile_block` and compile `model` with it; problems are 422s under `pointer`."""
+    if not isinstance(compile_block, dict):
+        raise refuse(pointer, "expected an object with optimizer, loss and optional metrics")
+    for key in compile_block:
+        if key not in COMPILE_KEYS:
+            raise refuse(pointer_join(pointer, key), f"unknown key '{key}' (allowed: "
+                                                     f"{', '.join(sorted(COMPILE_KEYS))})")
+    if compile_block.get("jit_compile", False) is not False:
+        raise refuse(pointer_join(pointer, "jit_compile"),
+                     "only false is accepted: XLA compilation is not offered")
+    for key in ("optimizer", "loss"):
+        if key not in compile_block:
+            raise refuse(pointer_join(pointer, key), f"missing '{key}'")
+    outputs = list(getattr(model, "output_names", None) or [])
+    n_out = len(model.outputs)
+    optimizer = _object("optimizer", compile_block["optimizer"],
+                        pointer_join(pointer, "optimizer"))
+    loss = _per_output(compile_block["loss"], pointer_join(pointer, "loss"), outputs, n_out,
+                       lambda v, p: _object("loss", v, p))
+    kwargs: dict[str, Any] = {}
+    if "loss_weights" in compile_block:
+        kwargs["loss_weights"] = _per_output(
+            compile_block["loss_weights"], pointer_join(pointer, "loss_weights"), outputs,
+            n_out, _weight)
+    for key in ("metrics", "weighted_metrics"):
+        if key in compile_block and compile_block[key] is not None:
+            kwargs[key] = _metrics(compile_block[key], pointer_join(pointer, key), outputs)
+    try:
+        model.compile(optimizer=optimizer, loss=loss, jit_compile=False, **kwargs)
+    except Exception as exc:  # structure mismatches Keras detects itself
+        raise refuse(pointer, f"cannot compile the model: {' '.join(str(exc).split())}") \
+            from exc
+
+
+def _object(category: Category, value: Any, pointer: str) -> Any:
+    """A string shorthand (kept as is for Keras to resolve) or a constructed object."""
+    if isinstance(value, str):
+        resolve_string(category, value, pointer)
+        target = REGISTRIES[category].strings.get(
+            value.lower() if category == "optimizer" else value)
+        if inspect.isclass(target):
+            _, required = _ctor(target)
+            if required:
+                raise refuse(pointer, f"{category} '{value}' needs arguments "
+                                      f"({', '.join(sorted(required))}); give it as "
+                                      '{"class_name": ..., "config": {...}}')
+            if category == "optimizer":
+                return target()
+        return value
+    if not isinstance(value, dict) or "class_name" not in value:
+        raise refuse(pointer, f'expected a {category} name or {{"class_name": ..., '
+                              '"config": {...}}')
+    cls = resolve_class(category, value["class_name"], pointer_join(pointer, "class_name"))
+    checked = normalize(value, pointer, category)
+    cfg_ptr = pointer_join(pointer, "config")
+    check_kwargs(cls, checked["config"], cfg_ptr, category)
+    return instantiate(cls, checked["config"], cfg_ptr, category)
+
+
+def _ctor(cls: type[Any]) -> tuple[set[str], set[str]]:
+    from app.specs.construct import constructor_params
+
+    return constructor_params(cls)
+
+
+def _weight(value: Any, pointer: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise refuse(pointer, f"expected a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _per_output(value: Any, pointer: str, outputs: list[str], n_out: int,
+                item: Any) -> Any:
+    """One item for all outputs, a list (one per output) or a dict keyed by output name."""
+    if isinstance(value, dict) and "class_name" not in value:
+        for key in value:
+            if key not in outputs:
+                raise refuse(pointer_join(pointer, key), f"unknown output '{key}' "
+                                                         f"(outputs: {', '.join(outputs)})")
+        return {k: item(v, pointer_join(pointer, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        if len(value) != n_out:
+            raise refuse(pointer, f"expected {n_out} entries, one per output "
+                                  f"({', '.join(outputs)}), got {len(value)}")
+        return [item(v, pointer_join(pointer, i)) for i, v in enumerate(value)]
+    return item(value, pointer)
+
+
+def _metric_list(value: Any, pointer: str) -> list[Any]:
+    items = value if isinstance(value, list) else [value]
+    ptrs = [pointer_join(pointer, i) if isinstance(value, list) else pointer
+            for i in range(len(items))]
+    return [_object("metric", v, p) for v, p in zip(items, ptrs, strict=True)]
+
+
+def _metrics(value: Any, pointer: str, outputs: list[str]) -> Any:
+    if isinstance(value, dict) and "class_name" not in value:
+        for key in value:
+            if key not in outputs:
+                raise refuse(pointer_join(pointer, key), f"unknown output '{key}' "
+                                                         f"(outputs: {', '.join(outputs)})")
+        return {k: _metric_list(v, pointer_join(pointer, k)) for k, v in value.items()}
+    if not isinstance(value, list):
+        raise refuse(pointer, "expected a list of metrics or {output name: [metrics]}")
+    return _metric_list(value, pointer)
