@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # After a cancel request, how long a job gets to stop on its own before its process is ended.
     cancel_grace_s: float = 30.0
     max_upload_bytes: int = 4 * 1024**3
+    # Fit jobs whose arrays are larger than this stream batches from the memory-mapped arrays
+    # (tf.data) instead of loading them (job option input="auto").
+    stream_threshold_bytes: int = 1024**3
     model_cache_size: int = 8
     # Celery queue that training jobs go to (long tasks on their own queue).
     queue: str = "training"

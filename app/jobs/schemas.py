@@ -16,31 +16,70 @@ ArrayName = Annotated[str, Field(pattern=ARRAY_NAME_PATTERN)]
 ArraySelector = ArrayName | list[ArrayName] | dict[str, ArrayName | list[ArrayName]]
 
 
+MODEL_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(/[1-9][0-9]*)?$"
+
+
+class CallbackSpec(BaseModel):
+    """A Keras callback by name with its arguments, e.g.
+    {"type": "EarlyStopping", "monitor": "val_loss", "patience": 3, "restore_best_weights": true}.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+
+class KeepBest(BaseModel):
+    """Save the weights of the best epoch by `monitor` instead of the last epoch's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+
+
 class FitJobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["fit"]
-    spec_id: str
+    spec_id: str | None = Field(None, description="Train this spec from scratch (or give "
+                                "from_model).")
+    from_model: str | None = Field(None, pattern=MODEL_REF_PATTERN,
+                                   description="Fine-tune a saved version: 'name' (latest) or "
+                                   "'name/3'; its optimizer state comes along.")
     dataset_id: str
     x: ArraySelector = "x"
     y: ArraySelector = "y"
+    sample_weight: ArrayName | None = None
+    class_weight: dict[str, float] | None = Field(
+        None, description="Class index (as a string) → weight; single-output models.")
     epochs: int = Field(1, ge=1, le=100_000)
+    initial_epoch: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1, le=1_000_000)
+    steps_per_epoch: int | None = Field(None, ge=1)
     validation_split: float | None = Field(None, gt=0, lt=1)
     validation_dataset_id: str | None = None
+    validation_freq: int = Field(1, ge=1)
     shuffle: bool = True
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    deterministic: bool = Field(False, description="TensorFlow op determinism (slower).")
+    callbacks: list[CallbackSpec] = Field(default_factory=list)
+    terminate_on_nan: bool = True
+    keep_best: KeepBest | None = None
+    input: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="'memory' loads the arrays; 'stream' feeds batches from the "
+        "memory-mapped arrays through tf.data; 'auto' streams above KJ_STREAM_THRESHOLD_BYTES.")
     model_name: str | None = Field(None, pattern=MODEL_NAME_PATTERN,
                                    description="Saved as the next version of this model; "
-                                   "defaults to the spec's name.")
+                                   "defaults to the spec's (or from_model's) name.")
 
 
 class EvaluateJobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["evaluate"]
-    model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(/[1-9][0-9]*)?$",
-                       description="'name' (latest version) or 'name/3'")
+    model: str = Field(pattern=MODEL_REF_PATTERN, description="'name' (latest version) or "
+                       "'name/3'")
     dataset_id: str
     x: ArraySelector = "x"
     y: ArraySelector = "y"

@@ -17,6 +17,7 @@ from app.models import Dataset, Job, JobEpoch, JobStatus, JobType
 from app.models.base import utcnow
 from app.registry import service as registry
 from app.specs import service as specs
+from app.training import callback_specs
 
 
 def _check_selector(dataset: Dataset, selector: Any, pointer: str) -> None:
@@ -42,24 +43,9 @@ def create(session: Session, owner: str, body: FitJobCreate | EvaluateJobCreate)
     _check_selector(dataset, body.y, "/y")
     params = body.model_dump(mode="json")
     if isinstance(body, FitJobCreate):
-        spec = _spec(session, owner, body.spec_id)
-        if body.validation_split and body.validation_dataset_id:
-            raise invalid("Give validation_split or validation_dataset_id, not both.",
-                          [FieldError("/validation_dataset_id", "conflicts with validation_split")])
-        if body.validation_dataset_id:
-            val = _dataset(session, owner, body.validation_dataset_id, "/validation_dataset_id")
-            _check_selector(val, body.x, "/x")
-            _check_selector(val, body.y, "/y")
-        job = Job(owner=owner, type=JobType.fit, params=params, spec_id=spec.id,
-                  dataset_id=dataset.id, model_name=body.model_name or _model_name(spec.name),
-                  epochs=body.epochs)
+        job = _fit_job(session, owner, body, dataset, params)
     else:
-        name, _, version = body.model.partition("/")
-        try:
-            found = registry.resolve(session, owner, name, int(version) if version else None)
-        except DomainError as exc:
-            raise invalid(f"Model '{body.model}' does not exist.",
-                          [FieldError("/model", "no such model or version")]) from exc
+        found = _model_ref(session, owner, body.model, "/model")
         params["model_version_id"] = found.id
         job = Job(owner=owner, type=JobType.evaluate, params=params, dataset_id=dataset.id,
                   model_name=found.name, model_version=found.version)
@@ -68,6 +54,51 @@ def create(session: Session, owner: str, body: FitJobCreate | EvaluateJobCreate)
     job_id = job.id
     on_commit(session, lambda: enqueue_job(job_id))
     return job
+
+
+def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset,
+             params: dict[str, Any]) -> Job:
+    if (body.spec_id is None) == (body.from_model is None):
+        raise invalid("Give exactly one of spec_id (train a spec from scratch) or from_model "
+                      "(fine-tune a saved version).",
+                      [FieldError("/spec_id", "give spec_id or from_model, not both")])
+    if body.initial_epoch >= body.epochs:
+        raise invalid("initial_epoch must be below epochs (as in Keras, epochs is the index of "
+                      "the last epoch plus one).", [FieldError("/initial_epoch", "too large")])
+    if body.validation_split and body.validation_dataset_id:
+        raise invalid("Give validation_split or validation_dataset_id, not both.",
+                      [FieldError("/validation_dataset_id", "conflicts with validation_split")])
+    if body.sample_weight is not None:
+        _check_selector(dataset, body.sample_weight, "/sample_weight")
+    if body.validation_dataset_id:
+        val = _dataset(session, owner, body.validation_dataset_id, "/validation_dataset_id")
+        _check_selector(val, body.x, "/x")
+        _check_selector(val, body.y, "/y")
+    if body.class_weight is not None:
+        bad = [k for k in body.class_weight if not k.isdigit()]
+        if bad:
+            raise invalid("class_weight keys are class indices.",
+                          [FieldError(f"/class_weight/{bad[0]}", "expected an integer key")])
+    callback_specs.build(params["callbacks"])  # refuses unknown callbacks and bad arguments
+    if body.spec_id is not None:
+        spec = _spec(session, owner, body.spec_id)
+        name, spec_id = body.model_name or _model_name(spec.name), spec.id
+    else:
+        assert body.from_model is not None
+        start = _model_ref(session, owner, body.from_model, "/from_model")
+        params["from_model_version_id"] = start.id
+        name, spec_id = body.model_name or start.name, start.spec_id
+    return Job(owner=owner, type=JobType.fit, params=params, spec_id=spec_id,
+               dataset_id=dataset.id, model_name=name, epochs=body.epochs)
+
+
+def _model_ref(session: Session, owner: str, ref: str, pointer: str) -> Any:
+    name, _, version = ref.partition("/")
+    try:
+        return registry.resolve(session, owner, name, int(version) if version else None)
+    except DomainError as exc:
+        raise invalid(f"Model '{ref}' does not exist.",
+                      [FieldError(pointer, "no such model or version")]) from exc
 
 
 def _model_name(spec_name: str) -> str:

@@ -51,3 +51,53 @@ class CancelOnFlag(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_test_batch_end(self, batch: int, logs: Any = None) -> None:
         self._check()
+
+
+class StopOnNaN(keras.callbacks.Callback):  # type: ignore[misc]
+    """TerminateOnNaN that remembers where it fired, so the job can fail with that reason."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: str | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.where = f"epoch {self._epoch}, batch {batch}"
+            self.model.stop_training = True
+
+
+class KeepBest(keras.callbacks.Callback):  # type: ignore[misc]
+    """Keep the weights of the best epoch by `monitor` and put them back when training ends,
+    so the saved version is that epoch's model (ModelCheckpoint(save_best_only) in memory)."""
+
+    def __init__(self, monitor: str, mode: str) -> None:
+        super().__init__()
+        self.monitor = monitor
+        if mode == "auto":
+            mode = "max" if any(k in monitor for k in ("acc", "auc", "precision", "recall")) \
+                else "min"
+        self.maximize = mode == "max"
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.best_logs: dict[str, float | None] = {}
+        self._weights: list[Any] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        improved = self.best is None or (
+            float(value) > self.best if self.maximize else float(value) < self.best)
+        if improved:
+            self.best, self.best_epoch = float(value), epoch
+            self.best_logs = clean_logs(logs)
+            self._weights = self.model.get_weights()
+
+    def on_train_end(self, logs: Any = None) -> None:
+        if self._weights is not None:
+            self.model.set_weights(self._weights)

@@ -50,23 +50,20 @@ def take(data: Selected, index: np.ndarray) -> Selected:
     return np.asarray(data[index])
 
 
-def validation_split(x: Selected, y: Selected, fraction: float, seed: int
-                     ) -> tuple[Selected, Selected, Selected, Selected]:
+def split_index(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Shuffle rows with `numpy.random.default_rng(seed).permutation(n)`, then hold out the last
     `fraction` of that order (Keras's own rule for where the split falls:
-    ``split_at = ceil(n * (1 - fraction))``)."""
-    n = _rows(x)
+    ``split_at = ceil(n * (1 - fraction))``). Returns (train rows, validation rows)."""
     order = np.random.default_rng(seed).permutation(n)
     split_at = int(math.ceil(n * (1 - fraction)))
     if split_at <= 0 or split_at >= n:
         raise invalid(f"validation_split={fraction} leaves no training or no validation rows "
                       f"of {n}.", [FieldError("/validation_split", "choose a fraction that "
                                               "leaves rows on both sides")])
-    train, val = order[:split_at], order[split_at:]
-    return take(x, train), take(y, train), take(x, val), take(y, val)
+    return order[:split_at], order[split_at:]
 
 
-def _rows(data: Selected) -> int:
+def rows(data: Selected) -> int:
     if isinstance(data, dict):
         return len(next(iter(data.values())))
     return len(data)

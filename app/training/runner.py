@@ -17,6 +17,7 @@ import secrets
 import shutil
 from typing import Any
 
+import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from app.core.config import get_settings
@@ -26,7 +27,7 @@ from app.core.storage import ArtifactStore, get_store
 from app.models import Dataset, Job, JobStatus, JobType, ModelVersion, Spec
 from app.predict.service import MODEL_FILE
 from app.registry import service as registry
-from app.training import data, lifecycle
+from app.training import data, lifecycle, stream
 from app.training.cancel import CancelWatcher
 
 log = logging.getLogger(__name__)
@@ -59,70 +60,125 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
             lifecycle.finish(job_id, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
 
 
-def _rows_for(job: Job, dataset_id: str, store: ArtifactStore) -> tuple[Any, Any]:
-    with session_scope() as s:
-        dataset = s.get(Dataset, dataset_id)
-        if dataset is None:
-            raise DomainError(422, "Dataset gone", f"Dataset {dataset_id} no longer exists.")
-        arrays = data.open_arrays(store, dataset)
-    x = data.select(arrays, job.params["x"], "/x")
-    y = data.select(arrays, job.params["y"], "/y")
-    return x, y
-
-
 def _fit(job: Job, store: ArtifactStore, watcher: CancelWatcher) -> None:
     import keras
+    import tensorflow as tf
 
-    from app.specs.builder import build_compiled
-    from app.training.callbacks import CancelOnFlag, RecordEpochs
+    from app.specs.builder import adapt_layers, build_compiled
+    from app.training import callback_specs
+    from app.training.callbacks import CancelOnFlag, KeepBest, RecordEpochs, StopOnNaN
 
     p = job.params
     seed = p.get("seed")
     if seed is None:  # record the seed actually used, so any run can be repeated
         seed = secrets.randbelow(2**31)
-    with session_scope() as s:
-        spec = s.get(Spec, job.spec_id)
-        if spec is None:
-            raise DomainError(422, "Spec gone", f"Spec {job.spec_id} no longer exists.")
-        spec_body, spec_id = spec.spec, spec.id
+    if p.get("deterministic"):
+        tf.config.experimental.enable_op_determinism()
+    spec_body = _spec_body(job) if p.get("spec_id") else None
     assert job.dataset_id is not None
-    x, y = _rows_for(job, job.dataset_id, store)
-    validation: tuple[Any, Any] | None = None
+    arrays = _arrays(job.dataset_id, store)
+    x = data.select(arrays, p["x"], "/x")
+    y = data.select(arrays, p["y"], "/y")
+    sw = data.select(arrays, p["sample_weight"], "/sample_weight") if p.get(
+        "sample_weight") else None
+    train_idx = np.arange(data.rows(x))
+    val: tuple[Any, Any, np.ndarray] | None = None
     if p.get("validation_split"):
-        x, y, x_val, y_val = data.validation_split(x, y, p["validation_split"], seed)
-        validation = (data.materialize(x_val), data.materialize(y_val))
+        train_idx, val_idx = data.split_index(len(train_idx), p["validation_split"], seed)
+        val = (x, y, val_idx)
     elif p.get("validation_dataset_id"):
-        x_val, y_val = _rows_for(job, p["validation_dataset_id"], store)
-        validation = (data.materialize(x_val), data.materialize(y_val))
+        val_arrays = _arrays(p["validation_dataset_id"], store)
+        xv = data.select(val_arrays, p["x"], "/x")
+        val = (xv, data.select(val_arrays, p["y"], "/y"), np.arange(data.rows(xv)))
+    streaming = p.get("input") == "stream" or (
+        p.get("input", "auto") == "auto"
+        and stream.nbytes(x, y, *([sw] if sw is not None else []))
+        > get_settings().stream_threshold_bytes)
 
     keras.utils.set_random_seed(seed)
-    model = build_compiled(spec_body)
+    if spec_body is not None:
+        model = build_compiled(spec_body)
+    else:
+        model = _load_version(p["from_model_version_id"], store, compile=True)
     recorder = RecordEpochs(job.id)
     canceller = CancelOnFlag(watcher.requested)
+    nan_guard = StopOnNaN()
+    keep_best = KeepBest(**p["keep_best"]) if p.get("keep_best") else None
     checkpoints = store.path(store.checkpoint_key(job.id))
-    callbacks = [keras.callbacks.TerminateOnNaN(),
+    callbacks = [*callback_specs.build(p.get("callbacks", [])),
                  # Resumes from the last finished epoch if this job's first process died.
                  keras.callbacks.BackupAndRestore(str(checkpoints), delete_checkpoint=True),
                  recorder, canceller]
-    model.fit(data.materialize(x), data.materialize(y), epochs=p["epochs"],
-              batch_size=p["batch_size"], shuffle=p["shuffle"], validation_data=validation,
-              callbacks=callbacks, verbose=0)
+    callbacks += [nan_guard] if p.get("terminate_on_nan", True) else []
+    callbacks += [keep_best] if keep_best else []
+    common = {"epochs": p["epochs"], "initial_epoch": p.get("initial_epoch", 0),
+              "steps_per_epoch": p.get("steps_per_epoch"),
+              "validation_freq": p.get("validation_freq", 1), "callbacks": callbacks,
+              "class_weight": ({int(k): v for k, v in p["class_weight"].items()}
+                               if p.get("class_weight") else None), "verbose": 0}
+    if streaming:
+        parts = (x, y) if sw is None else (x, y, sw)
+        train = stream.dataset(parts, train_idx, p["batch_size"], p["shuffle"], seed,
+                               repeat=p.get("steps_per_epoch") is not None)
+        val_ds = (stream.dataset((val[0], val[1]), val[2], p["batch_size"], False, seed)
+                  if val else None)
+        adapt_layers(model, stream.per_input(x, train_idx))
+        model.fit(train, validation_data=val_ds, **common)
+    else:
+        x_tr = data.materialize(data.take(x, train_idx))
+        adapt_layers(model, x_tr)
+        model.fit(x_tr, data.materialize(data.take(y, train_idx)), batch_size=p["batch_size"],
+                  shuffle=p["shuffle"],
+                  sample_weight=None if sw is None else data.materialize(data.take(sw, train_idx)),
+                  validation_data=(data.materialize(data.take(val[0], val[2])),
+                                   data.materialize(data.take(val[1], val[2]))) if val else None,
+                  **common)
     if canceller.cancelled or watcher.requested.is_set():
         shutil.rmtree(checkpoints, ignore_errors=True)
         raise Cancelled()
-    if getattr(model, "stop_training", False) and _nan(recorder.last):
-        raise DomainError(422, "Training diverged", "The loss became NaN; training was stopped "
-                          "(TerminateOnNaN). Lower the learning rate or check the data.")
-    metrics = {k: v for k, v in recorder.last.items() if v is not None}
-    _save_version(job, spec_id, store, model, metrics, seed)
+    if nan_guard.where is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        raise DomainError(422, "Training diverged", f"The loss became NaN or infinite at "
+                          f"{nan_guard.where}; training was stopped (TerminateOnNaN). Lower the "
+                          "learning rate, clip gradients, or check the data.")
+    result: dict[str, Any] = {"seed": seed}
+    logs = recorder.last
+    if keep_best is not None and keep_best.best_epoch is not None:
+        logs = keep_best.best_logs
+        result["best_epoch"] = keep_best.best_epoch
+    metrics = {k: v for k, v in logs.items() if v is not None}
+    _save_version(job, p.get("spec_id") or job.spec_id, store, model, metrics, result)
 
 
-def _nan(logs: dict[str, float | None]) -> bool:
-    return logs.get("loss", 0.0) is None
+def _spec_body(job: Job) -> dict[str, Any]:
+    with session_scope() as s:
+        spec = s.get(Spec, job.params["spec_id"])
+        if spec is None:
+            raise DomainError(422, "Spec gone", f"Spec {job.params['spec_id']} no longer exists.")
+        return dict(spec.spec)
 
 
-def _save_version(job: Job, spec_id: str, store: ArtifactStore, model: Any,
-                  metrics: dict[str, float], seed: int) -> None:
+def _arrays(dataset_id: str, store: ArtifactStore) -> data.Arrays:
+    with session_scope() as s:
+        dataset = s.get(Dataset, dataset_id)
+        if dataset is None:
+            raise DomainError(422, "Dataset gone", f"Dataset {dataset_id} no longer exists.")
+        return data.open_arrays(store, dataset)
+
+
+def _load_version(version_id: str, store: ArtifactStore, compile: bool) -> Any:
+    import keras
+
+    with session_scope() as s:
+        mv = s.get(ModelVersion, version_id)
+        if mv is None:
+            raise DomainError(422, "Model gone", f"Model version {version_id} no longer exists.")
+        key = mv.artifact_key
+    return keras.saving.load_model(store.path(key) / MODEL_FILE, compile=compile, safe_mode=True)
+
+
+def _save_version(job: Job, spec_id: str | None, store: ArtifactStore, model: Any,
+                  metrics: dict[str, float], result: dict[str, Any]) -> None:
     """Save `.keras` into a staging folder, then in one transaction take the next version
     number, publish the folder under it and mark the job succeeded."""
     staging = store.staging_dir()
@@ -137,7 +193,7 @@ def _save_version(job: Job, spec_id: str, store: ArtifactStore, model: Any,
                                      job_id=job.id, spec_id=spec_id)
                 store.publish(staging, key)
                 on_rollback(s, lambda k=key: _unpublish(store, k, staging))
-                result = {"metrics": metrics, "seed": seed, "model": f"{job.model_name}/{version}"}
+                result = {**result, "metrics": metrics, "model": f"{job.model_name}/{version}"}
                 lifecycle.finish(job.id, JobStatus.succeeded, result=result, session=s,
                                  model_version=version)
             return
@@ -154,19 +210,13 @@ def _unpublish(store: ArtifactStore, key: str, staging: Any) -> None:
 
 
 def _evaluate(job: Job, store: ArtifactStore, watcher: CancelWatcher) -> None:
-    import keras
-
     from app.training.callbacks import CancelOnFlag, clean_logs
 
-    with session_scope() as s:
-        mv = s.get(ModelVersion, job.params["model_version_id"])
-        if mv is None:
-            raise DomainError(422, "Model gone", f"Model {job.model_name}/{job.model_version} "
-                              "no longer exists.")
-        key = mv.artifact_key
     assert job.dataset_id is not None
-    x, y = _rows_for(job, job.dataset_id, store)
-    model = keras.saving.load_model(store.path(key) / MODEL_FILE, compile=True, safe_mode=True)
+    arrays = _arrays(job.dataset_id, store)
+    x = data.select(arrays, job.params["x"], "/x")
+    y = data.select(arrays, job.params["y"], "/y")
+    model = _load_version(job.params["model_version_id"], store, compile=True)
     canceller = CancelOnFlag(watcher.requested)
     logs = model.evaluate(data.materialize(x), data.materialize(y),
                           batch_size=job.params["batch_size"], return_dict=True, verbose=0,

@@ -1,0 +1,43 @@
+"""The Keras callbacks a job may ask for, by name with their arguments (JSON scalars only).
+
+Checked in the API when the job is submitted and built again in the worker; nothing else is
+reachable: no ModelCheckpoint paths, no LambdaCallback code, no CSVLogger files.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from app.core.errors import FieldError, invalid
+
+ALLOWED = ("EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN")
+
+
+def build(specs: list[dict[str, Any]], pointer: str = "/callbacks") -> list[Any]:
+    import keras
+
+    from app.specs.construct import check_kwargs, first_line
+
+    out = []
+    for i, spec in enumerate(specs):
+        ptr = f"{pointer}/{i}"
+        name = spec.get("type")
+        if name not in ALLOWED:
+            close = difflib.get_close_matches(str(name), ALLOWED, n=1)
+            hint = f" — did you mean '{close[0]}'?" if close else ""
+            raise invalid(f"Callback '{name}' is not available{hint}.",
+                          [FieldError(f"{ptr}/type", f"one of {', '.join(ALLOWED)}")])
+        kwargs = {k: v for k, v in spec.items() if k != "type"}
+        for key, value in kwargs.items():
+            if not isinstance(value, (str, int, float, bool)) and value is not None:
+                raise invalid("Callback arguments are plain values.",
+                              [FieldError(f"{ptr}/{key}", "expected a string, number or bool")])
+        cls = getattr(keras.callbacks, name)
+        check_kwargs(cls, kwargs, ptr, "callback")
+        try:
+            out.append(cls(**kwargs))
+        except (TypeError, ValueError) as exc:
+            raise invalid(f"Callback {name} rejected its arguments.",
+                          [FieldError(ptr, first_line(exc))]) from exc
+    return out
