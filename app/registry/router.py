@@ -3,16 +3,21 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, File, Path, Query, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import CallerDep, SessionDep, StoreDep
+from app.api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
 from app.api.schemas import Page
 from app.core.errors import FieldError, bad_request
 from app.jobs.schemas import MODEL_NAME_PATTERN
 from app.predict import service as predict
-from app.registry import service
-from app.registry.schemas import ModelListItem, ModelRead, ModelVersionRead
+from app.registry import service, upload
+from app.registry.schemas import (
+    ModelListItem,
+    ModelRead,
+    ModelVersionCreated,
+    ModelVersionRead,
+)
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -81,3 +86,18 @@ async def predict_version(caller: CallerDep, session: SessionDep, store: StoreDe
     body = await _json_body(request)
     return await run_in_threadpool(predict.predict, session, store, caller.owner, name, version,
                                    body)
+
+
+@router.post("/{name}/versions", status_code=status.HTTP_201_CREATED,
+             response_model=ModelVersionCreated)
+def upload_version(
+    caller: CallerDep, session: SessionDep, store: StoreDep, settings: SettingsDep,
+    response: Response, name: NameParam,
+    file: Annotated[UploadFile, File(description="a `.keras` file (model.save('m.keras')); "
+                                     "HDF5 (.h5) is refused")],
+) -> ModelVersionCreated:
+    """Upload a `.keras` file as the next version of `name`."""
+    mv = upload.create(session, store, caller.owner, name, file.file, file.filename or "upload",
+                       settings.max_upload_bytes)
+    response.headers["Location"] = f"/v1/models/{name}/versions/{mv.version}"
+    return ModelVersionCreated.model_validate(mv)

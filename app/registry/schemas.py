@@ -27,3 +27,9 @@ class ModelListItem(BaseModel):
     latest_version: int
     versions: int
     updated_at: datetime
+
+
+class ModelVersionCreated(ModelVersionRead):
+    """An uploaded version: no job or spec made it, so it has no metrics."""
+
+    name: str

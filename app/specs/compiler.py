@@ -123,3 +123,29 @@ def _metrics(value: Any, pointer: str, outputs: list[str]) -> Any:
     if not isinstance(value, list):
         raise refuse(pointer, "expected a list of metrics or {output name: [metrics]}")
     return _metric_list(value, pointer)
+
+
+# Keys Keras writes into a saved model's compile_config on top of a spec's compile block, each
+# with the one value a spec's compile implies (model.compile's defaults).
+SAVED_COMPILE_FIXED: dict[str, Any] = {"run_eagerly": False, "steps_per_execution": 1}
+
+
+def check_compile_config(model: Any, compile_config: Any, pointer: str) -> None:
+    """Check a saved model's `compile_config` (what `load_model(compile=True)` hands to
+    `model.compile`) against the same allowlist as a spec's compile block, by compiling `model`
+    with it exactly as compile_model does. Nulls count as absent; run_eagerly and
+    steps_per_execution may only hold their defaults. Problems are 422s under `pointer`."""
+    if not isinstance(compile_config, dict):
+        raise refuse(pointer, "expected an object with optimizer, loss and optional metrics")
+    block: dict[str, Any] = {}
+    for key, value in compile_config.items():
+        if value is None:
+            continue
+        if key in SAVED_COMPILE_FIXED:
+            fixed = SAVED_COMPILE_FIXED[key]
+            if type(value) is not type(fixed) or value != fixed:
+                raise refuse(pointer_join(pointer, key),
+                             f"only {str(fixed).lower()} is accepted, got {value!r}")
+            continue
+        block[key] = value
+    compile_model(model, block, pointer)

@@ -1,0 +1,163 @@
+"""Upload a `.keras` file as the next version of a model.
+
+The file is streamed into a staging folder, then checked in this order, each refusal a
+problem that leaves no row and no file behind:
+  1. size (413) and format: HDF5 (`.h5`/`.hdf5` or HDF5's magic bytes) is refused with 415,
+     since legacy HDF5 model loading has had code-execution bugs; only the `.keras` zip is read;
+  2. its `config.json` (read with zipfile, bounded) passes check_keras_config, the same
+     allowlist imported spec configs pass, before any Keras code sees the file;
+  3. Keras loads it (`compile=False`, `safe_mode=True`) under the spec build lock;
+  4. its `compile_config`, if any, passes the same allowlist as a spec's compile block
+     (evaluate jobs load versions with `compile=True`, so Keras would otherwise build it).
+Then the next version number is taken and the staging folder is published under it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+import zlib
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.core.db import on_rollback
+from app.core.errors import DomainError, FieldError, invalid, unsupported_media
+from app.core.storage import ArtifactStore
+from app.models import ModelVersion
+from app.predict.service import MODEL_FILE
+from app.registry import service as registry
+
+COPY_CHUNK = 1 << 20
+MAX_CONFIG_BYTES = 16 << 20
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+HDF5_SUFFIXES = (".h5", ".hdf5")
+CONFIG_NAME = "config.json"
+FILE_POINTER = "/file"
+CONFIG_POINTER = "/file/config.json"
+VERSION_RETRIES = 5
+MAX_DETAIL = 1000
+
+
+def create(session: Session, store: ArtifactStore, owner: str, name: str, upload: IO[bytes],
+           filename: str, max_bytes: int) -> ModelVersion:
+    """Check the upload, add version n+1 of `name` and publish its folder. On a version-number
+    clash the session is rolled back and the next number tried, so call this on a session that
+    holds no other work. Any failure removes the staging folder: no row, no file."""
+    if filename.lower().endswith(HDF5_SUFFIXES):
+        raise _hdf5_refused()
+    staging = store.staging_dir()
+    try:
+        path = staging / MODEL_FILE
+        _copy(upload, path, max_bytes)
+        with path.open("rb") as f:
+            if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
+                raise _hdf5_refused()
+        config = read_config(path)
+        _load_checked(path, config)
+        mv = _record(session, store, owner, name, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    key = mv.artifact_key
+    # If the request's commit fails later, the published folder must go too.
+    on_rollback(session, lambda: store.delete(key))
+    return mv
+
+
+def _hdf5_refused() -> DomainError:
+    return unsupported_media("Only the `.keras` format (Keras 3's zip) is accepted: legacy HDF5 "
+                             "(.h5) model files are refused because loading them has had "
+                             "code-execution vulnerabilities. Save with model.save('m.keras').")
+
+
+def _copy(upload: IO[bytes], path: Path, max_bytes: int) -> None:
+    size = 0
+    with path.open("wb") as out:
+        while chunk := upload.read(COPY_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise DomainError(413, "Upload too large",
+                                  f"The upload exceeds {max_bytes} bytes (KJ_MAX_UPLOAD_BYTES).",
+                                  [FieldError(FILE_POINTER, "too large")],
+                                  type="/problems/too-large")
+            out.write(chunk)
+
+
+def _not_keras(detail: str, pointer: str = FILE_POINTER) -> DomainError:
+    return invalid(f"The file is not a usable `.keras` model: {detail}",
+                   [FieldError(pointer, detail)])
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The `config.json` of a `.keras` zip, parsed; read with zipfile only, at most
+    MAX_CONFIG_BYTES."""
+    if not zipfile.is_zipfile(path):
+        raise _not_keras("expected a `.keras` file (a zip archive); this is not a zip")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            try:
+                info = zf.getinfo(CONFIG_NAME)
+            except KeyError:
+                raise _not_keras(f"the archive has no {CONFIG_NAME}; save the model with "
+                                 "model.save('m.keras')") from None
+            if info.file_size > MAX_CONFIG_BYTES:
+                raise _not_keras(f"{CONFIG_NAME} is larger than {MAX_CONFIG_BYTES} bytes",
+                                 CONFIG_POINTER)
+            with zf.open(info) as f:
+                raw = f.read(MAX_CONFIG_BYTES + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+            OSError) as exc:
+        raise _not_keras(f"cannot read the archive: {exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _not_keras(f"{CONFIG_NAME} is larger than {MAX_CONFIG_BYTES} bytes",
+                         CONFIG_POINTER)
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise _not_keras(f"{CONFIG_NAME} is not valid JSON: {exc}", CONFIG_POINTER) from exc
+    if not isinstance(config, dict):
+        raise _not_keras(f"{CONFIG_NAME} must hold a JSON object", CONFIG_POINTER)
+    return config
+
+
+def _load_checked(path: Path, config: dict[str, Any]) -> None:
+    """Allowlist the config, then prove Keras loads the file and its compile settings pass."""
+    from app.specs.builder import check_keras_config
+    from app.specs.compiler import check_compile_config
+    from app.specs.service import _build_lock
+
+    check_keras_config(config, CONFIG_POINTER)  # before any Keras code sees the file
+    import keras
+
+    with _build_lock:
+        try:
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as exc:  # whatever Keras finds wrong with the file
+            message = " ".join(str(exc).split())[:MAX_DETAIL] or type(exc).__name__
+            raise _not_keras(f"Keras cannot load it: {message}") from exc
+        if not isinstance(model, keras.Model):
+            raise _not_keras("the file does not hold a Keras model")
+        compile_config = config.get("compile_config")
+        if compile_config or compile_config not in (None, {}):
+            # Keras compiles on load only when it is truthy; `{}`/null mean "not compiled".
+            check_compile_config(model, compile_config, f"{CONFIG_POINTER}/compile_config")
+
+
+def _record(session: Session, store: ArtifactStore, owner: str, name: str,
+            staging: Path) -> ModelVersion:
+    for _attempt in range(VERSION_RETRIES):
+        version = registry.next_version(session, owner, name)
+        key = store.model_key(owner, name, version)
+        try:
+            mv = registry.add_version(session, owner, name, version, key, {})
+        except IntegrityError:  # another request or job took that number first; take the next
+            session.rollback()
+            continue
+        store.publish(staging, key)
+        return mv
+    raise DomainError(409, "Conflict", f"Could not allocate a version of {name}: too many "
+                      "concurrent writers; retry.", type="/problems/conflict")
