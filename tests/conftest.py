@@ -165,3 +165,29 @@ def assert_problem(r: httpx.Response, status: int, pointer: str | None = None) -
         pointers = [e["pointer"] for e in body.get("errors", [])]
         assert pointer in pointers, body
     return body
+
+
+def table_counts() -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from app.core.db import session_scope
+    from app.models import Dataset, Job, ModelVersion, Spec
+
+    with session_scope() as s:
+        return {m.__tablename__: s.scalar(select(func.count()).select_from(m)) or 0
+                for m in (Dataset, Spec, Job, ModelVersion)}
+
+
+def stored_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def unchanged(client: Any, service_env: dict[str, str]) -> Iterator[None]:
+    """Asserts the test left the database and the artifact store as it found them."""
+    root = Path(service_env["KJ_ARTIFACT_ROOT"])
+    root.mkdir(parents=True, exist_ok=True)
+    before_rows, before_files = table_counts(), stored_files(root)
+    yield
+    assert table_counts() == before_rows
+    assert stored_files(root) == before_files

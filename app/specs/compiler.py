@@ -70,6 +70,8 @@ def _object(category: Category, value: Any, pointer: str) -> Any:
     if not isinstance(value, dict) or "class_name" not in value:
         raise refuse(pointer, f'expected a {category} name or {{"class_name": ..., '
                               '"config": {...}}')
+    if value["class_name"] == "function":  # a built-in loss/metric function, e.g. from a .keras
+        return _object(category, normalize(value, pointer, category), pointer)
     cls = resolve_class(category, value["class_name"], pointer_join(pointer, "class_name"))
     checked = normalize(value, pointer, category)
     cfg_ptr = pointer_join(pointer, "config")

@@ -81,7 +81,7 @@ def _is_object(value: Any) -> bool:
     return isinstance(value, dict) and "class_name" in value
 
 
-def materialize(value: Any) -> Any:
+def materialize(value: Any, pointer: str = "") -> Any:
     """Construct a normalized nested object (or list of them) through its constructor.
 
     Constructors (unlike Keras's from_config) accept partial configs such as
@@ -89,7 +89,7 @@ def materialize(value: Any) -> Any:
     as hand-written Keras code would build them.
     """
     if isinstance(value, list):
-        return [materialize(v) for v in value]
+        return [materialize(v, pointer_join(pointer, i)) for i, v in enumerate(value)]
     if not _is_object(value):
         return value
     name = value["class_name"]
@@ -100,7 +100,13 @@ def materialize(value: Any) -> Any:
     category = next(c for c in SPEC_CATEGORIES
                     if MODULES[c][0] == value["module"] and name in REGISTRIES[c].classes)
     cls = REGISTRIES[category].classes[name]
-    return cls(**{k: materialize(v) for k, v in value["config"].items()})
+    cfg_ptr = pointer_join(pointer, "config")
+    kwargs = {k: materialize(v, pointer_join(cfg_ptr, k)) for k, v in value["config"].items()}
+    try:
+        return cls(**kwargs)
+    except Exception as exc:  # the user's nested config: point at it, not at its owner
+        raise refuse(blame(exc, value["config"], cfg_ptr),
+                     f"invalid {name}: {first_line(exc)}") from exc
 
 
 def instantiate(cls: type[Any], config: dict[str, Any], pointer: str, what: str) -> Any:
@@ -109,8 +115,9 @@ def instantiate(cls: type[Any], config: dict[str, Any], pointer: str, what: str)
     `config` must already be checked and normalized (keras_config.normalize), so every
     nested class_name is an allowlisted built-in.
     """
+    kwargs = {k: materialize(v, pointer_join(pointer, k)) for k, v in config.items()}
     try:
-        return cls(**{k: materialize(v) for k, v in config.items()})
+        return cls(**kwargs)
     except Exception as exc:  # any failure here is caused by the user-supplied config
         where = blame(exc, config, pointer)
         raise refuse(where, f"invalid {what} ({cls.__name__}): {first_line(exc)}") from exc

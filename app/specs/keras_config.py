@@ -153,17 +153,33 @@ def _check_origin(value: dict[str, Any], pointer: str, category: Category, name:
                      f"can be used (registered_name must be null or '{name}')")
 
 
+FUNCTION_CATEGORIES: tuple[Category, ...] = ("activation", "loss", "metric")
+
+
 def _function(value: dict[str, Any], pointer: str, expected: Category | None,
               spec: bool) -> Any:
-    """Keras serializes built-in functions (activations) as class_name 'function'."""
-    if expected not in (None, "activation"):
+    """Keras serializes built-in functions (activations, and losses/metrics given as functions,
+    e.g. loss=keras.losses.mean_squared_error) as class_name 'function' with the function's
+    name as config. Only names in the built-in registries pass."""
+    if expected not in (None, *FUNCTION_CATEGORIES):
         raise refuse(pointer_join(pointer, "class_name"),
                      f"expected a {NOUNS[expected]}, got a function")  # type: ignore[index]
     fn = value.get("config")
-    registry = REGISTRIES["activation"].strings
-    if not isinstance(fn, str) or fn not in registry:
+    candidates = [expected] if expected else list(FUNCTION_CATEGORIES)
+    category = next((c for c in candidates
+                     if isinstance(fn, str) and fn in REGISTRIES[c].strings), None)
+    if category is None:
+        kinds = " or ".join(NOUNS[c] for c in candidates)
         raise refuse(pointer_join(pointer, "config"),
-                     f"function {fn!r} is not allowed: only Keras built-in activations "
+                     f"function {fn!r} is not allowed: only Keras built-in {kinds} functions "
                      "can be referenced; user code is refused")
-    _check_origin(value, pointer, "activation", fn)
+    module = value.get("module")
+    if module is not None and module not in ("builtins", *MODULES[category]):
+        raise refuse(pointer_join(pointer, "module"),
+                     f"module {module!r} is not allowed for {NOUNS[category]} '{fn}'")
+    registered = value.get("registered_name")
+    if registered not in (None, "function", fn):
+        raise refuse(pointer_join(pointer, "registered_name"),
+                     f"registered_name {registered!r} is not allowed for built-in "
+                     f"{NOUNS[category]} '{fn}'")
     return fn if spec else value

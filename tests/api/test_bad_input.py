@@ -4,39 +4,21 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
 
-from tests.conftest import SEED_SPEC, assert_problem, npz_bytes, two_classes, upload
-
-
-def _counts() -> dict[str, int]:
-    from app.core.db import session_scope
-    from app.models import Dataset, Job, ModelVersion, Spec
-
-    with session_scope() as s:
-        return {m.__tablename__: s.scalar(select(func.count()).select_from(m)) or 0
-                for m in (Dataset, Spec, Job, ModelVersion)}
-
-
-def _files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-
-
-@pytest.fixture
-def unchanged(client: Any, service_env: dict[str, str]) -> Iterator[None]:
-    """Asserts the test left the database and the artifact store as it found them."""
-    root = Path(service_env["KJ_ARTIFACT_ROOT"])
-    root.mkdir(parents=True, exist_ok=True)
-    before_rows, before_files = _counts(), _files(root)
-    yield
-    assert _counts() == before_rows
-    assert _files(root) == before_files
+from tests.conftest import (
+    SEED_SPEC,
+    assert_problem,
+    npz_bytes,
+    stored_files,
+    table_counts,
+    two_classes,
+    upload,
+)
 
 
 def _zip_with(name: str, payload: bytes) -> bytes:
@@ -120,6 +102,24 @@ BAD_SPECS = [
                  "/layers/0/kernel_initializer/module", id="module-key"),
     pytest.param({**SEED_SPEC, "compile": {**SEED_SPEC["compile"], "optimizer": "adamm"}},
                  "/compile/optimizer", id="unknown-optimizer"),
+    pytest.param({**SEED_SPEC, "layers": [{"type": "Dense", "units": 1, "kernel_initializer": {
+        "class_name": "RandomUniform", "config": {}, "registered_name": "evil>Init"}}]},
+                 "/layers/0/kernel_initializer/registered_name", id="registered-name"),
+    pytest.param({**SEED_SPEC, "layers": [{"type": "Dense", "units": 1, "activation": {
+        "class_name": "__lambda__", "config": {"code": "b64", "defaults": None,
+                                               "closure": None}}}]},
+                 "/layers/0/activation", id="lambda-config"),
+    pytest.param({"name": "imported", "keras_config": {
+        "module": "keras", "class_name": "Sequential", "config": {"name": "s", "layers": [
+            {"module": "keras.layers", "class_name": "InputLayer",
+             "config": {"batch_shape": [None, 2], "dtype": "float32", "name": "x"}},
+            {"module": "keras.layers", "class_name": "Lambda",
+             "config": {"function": {"class_name": "__lambda__", "config": {}}}}]}},
+        "compile": SEED_SPEC["compile"]}, "/keras_config", id="imported-lambda"),
+    pytest.param({**SEED_SPEC, "inputs": [{"name": "x", "shape": [2]}], "layers": [
+        {"type": "Dense", "units": 4}, {"type": "Dense", "units": 1, "kernel_regularizer": {
+            "class_name": "L2", "config": {"l2": "lots"}}}]},
+                 "/layers/1/kernel_regularizer", id="wrong-nested-argument-type"),
     pytest.param({k: v for k, v in SEED_SPEC.items() if k != "name"}, "/name", id="no-name"),
 ]
 
@@ -129,6 +129,28 @@ def test_bad_spec(client: Any, unchanged: None, spec: dict[str, Any], pointer: s
     body = assert_problem(client.post("/v1/specs", json=spec), 422)
     pointers = [e["pointer"] for e in body["errors"]]
     assert any(p == pointer or p.startswith(pointer + "/") for p in pointers), body
+
+
+def test_keras_config_import_and_canonical_config(client: Any) -> None:
+    """A model's own to_json() output is a spec; GET returns the canonical config and summary."""
+    import json
+
+    import keras
+
+    model = keras.Sequential([keras.Input(shape=(4,), name="features"),
+                              keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    r = client.post("/v1/specs", json={"name": "imported", "keras_config": model.to_json(),
+                                       "compile": {"optimizer": "adam",
+                                                   "loss": "binary_crossentropy",
+                                                   "metrics": ["auc"]}})
+    assert r.status_code == 201, r.text
+    got = client.get(f"/v1/specs/{r.json()['id']}").json()
+    assert got["total_params"] == model.count_params() == 49
+    assert [layer["class_name"] for layer in got["summary"]["layers"]] == ["Dense", "Dense"]
+    assert got["keras_config"]["class_name"] == "Sequential"
+    assert got["spec"]["keras_config"] == model.to_json()
+    assert json.loads(model.to_json())["config"]["layers"][1]["config"]["units"] == 8
 
 
 def test_unknown_optimizer_suggests(client: Any, unchanged: None) -> None:
@@ -167,14 +189,14 @@ def _bad_jobs(refs: dict[str, str]) -> list[tuple[dict[str, Any], int, str]]:
 
 def test_bad_jobs(client: Any, fit_refs: dict[str, str], service_env: dict[str, str]) -> None:
     root = Path(service_env["KJ_ARTIFACT_ROOT"])
-    before_rows, before_files = _counts(), _files(root)
+    before_rows, before_files = table_counts(), stored_files(root)
     for body, status, pointer in _bad_jobs(fit_refs):
         r = client.post("/v1/jobs", json=body)
         problem = assert_problem(r, status)
         pointers = [e["pointer"] for e in problem.get("errors", [])]
         assert any(p.startswith(pointer) for p in pointers), (body, problem)
-    assert _counts() == before_rows
-    assert _files(root) == before_files
+    assert table_counts() == before_rows
+    assert stored_files(root) == before_files
 
 
 def test_not_found_and_cancel_unknown(client: Any) -> None:

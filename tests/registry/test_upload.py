@@ -7,7 +7,7 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.api.test_bad_input import _counts, _files
-from tests.conftest import assert_problem, two_classes, upload, wait_for_job
+from tests.conftest import (
+    assert_problem,
+    two_classes,
+    upload,
+    wait_for_job,
+)
 
 
 @dataclass(frozen=True)
@@ -91,18 +95,35 @@ def test_evaluate_job_on_uploaded_version(client: Any, trained: Trained) -> None
         assert job["result"][key] == pytest.approx(value, abs=1e-5), key
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("worker")
+def test_uploaded_version_is_a_starting_point_for_fine_tuning(client: Any,
+                                                               trained: Trained) -> None:
+    assert _post(client, "uploaded-ft", "m.keras", trained.path.read_bytes()).status_code == 201
+    dataset = upload(client, "uploaded-ft", x=trained.x, y=trained.y)
+    r = client.post("/v1/jobs", json={"type": "fit", "from_model": "uploaded-ft",
+                                      "dataset_id": dataset["id"], "initial_epoch": 2,
+                                      "epochs": 3, "seed": 1})
+    assert r.status_code == 202, r.text
+    job = wait_for_job(client, r.json()["id"], timeout=120)
+    assert job["status"] == "succeeded", job
+    assert job["model_name"] == "uploaded-ft" and job["model_version"] == 2
+    assert len(job["history"]["loss"]) == 1
+
+
+def test_loss_and_metric_given_as_functions(client: Any, tmp_path: Path) -> None:
+    """compile(loss=keras.losses.mean_squared_error) saves the loss as a built-in function."""
+    import keras
+
+    model = keras.Sequential([keras.Input(shape=(2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss=keras.losses.mean_squared_error,
+                  metrics=[keras.metrics.binary_accuracy], jit_compile=False)
+    model.save(tmp_path / "fn.keras")
+    r = _post(client, "function-loss", "fn.keras", (tmp_path / "fn.keras").read_bytes())
+    assert r.status_code == 201, r.text
+
+
 # --- refusals -----------------------------------------------------------------------------
-
-@pytest.fixture
-def unchanged(client: Any, service_env: dict[str, str]) -> Iterator[None]:
-    """Asserts the test left the database and the artifact store as it found them."""
-    root = Path(service_env["KJ_ARTIFACT_ROOT"])
-    root.mkdir(parents=True, exist_ok=True)
-    before_rows, before_files = _counts(), _files(root)
-    yield
-    assert _counts() == before_rows
-    assert _files(root) == before_files
-
 
 def _rewrite(keras_file: Path, edit: Callable[[dict[str, Any]], None] | None,
              drop: tuple[str, ...] = ()) -> bytes:
