@@ -7,6 +7,7 @@ Each epoch shuffles row indices (seeded), batches them, and reads those rows fro
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,7 @@ def dataset(data: Structure, index: np.ndarray, batch_size: int, shuffle: bool, 
 
     def fetch(rows: np.ndarray) -> list[np.ndarray]:
         rows = np.sort(rows)
-        return [np.ascontiguousarray(a[rows]) for a in arrays]
+        return [_read_rows(a, rows) for a in arrays]
 
     def load(rows: Any) -> Any:
         tensors = tf.numpy_function(fetch, [rows], dtypes, stateful=False)
@@ -52,14 +53,60 @@ def dataset(data: Structure, index: np.ndarray, batch_size: int, shuffle: bool, 
             t.set_shape((None, *a.shape[1:]))
         return rebuild(list(tensors))
 
-    ds = tf.data.Dataset.from_tensor_slices(index.astype(np.int64))
+    rows = tf.constant(index.astype(np.int64))
+    batches = -(-len(index) // batch_size)
     if shuffle:
-        ds = ds.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+        # One permutation tensor per pass, drawn statelessly from (seed, pass number): each
+        # epoch differs and the sequence repeats run to run. A tf.data shuffle buffer over
+        # single indices would cost hundreds of bytes per row.
+        passes = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+        def permute(r: Any) -> Any:
+            key = tf.stack([tf.constant(seed, tf.int64), passes.assign_add(1)])
+            return tf.random.experimental.stateless_shuffle(r, seed=key)
+
+        ds = tf.data.Dataset.from_tensors(rows).map(permute).flat_map(
+            lambda r: tf.data.Dataset.from_tensor_slices(r).batch(batch_size))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     if repeat:
         ds = ds.repeat()
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
-        tf.data.AUTOTUNE)
+    # A small fixed read-ahead: AUTOTUNE would buffer as many batches as memory allows.
+    return ds.map(load, num_parallel_calls=2, deterministic=True).prefetch(2)
+
+
+# Rows at least this large are read with pread; smaller ones through a short-lived map.
+PREAD_MIN_ROW_BYTES = 512
+
+
+def _read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """array[rows] for sorted `rows`, without keeping the file resident in this process.
+
+    Large rows are read with one pread each, straight into the batch: only the batch is
+    resident. (Faulting rows in through a map would bring in ~64 KiB around each touched page,
+    so a random batch maps most of a large file.) Small rows, where a pread per row costs more
+    than the read, go through a map made for the batch and dropped after it."""
+    if not isinstance(array, np.memmap) or not array.filename:
+        return np.ascontiguousarray(array[rows])
+    row_bytes = array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    if row_bytes >= PREAD_MIN_ROW_BYTES and array.flags.c_contiguous:
+        out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+        view = memoryview(out.data).cast("B")
+        fd = os.open(array.filename, os.O_RDONLY)
+        try:
+            for i, row in enumerate(rows.tolist()):
+                os.preadv(fd, [view[i * row_bytes:(i + 1) * row_bytes]],
+                          array.offset + row * row_bytes)
+        finally:
+            os.close(fd)
+        return out
+    fortran = array.flags.f_contiguous and not array.flags.c_contiguous
+    fresh = np.memmap(str(array.filename), dtype=array.dtype, mode="r", offset=int(array.offset),
+                      shape=tuple(array.shape), order="F" if fortran else "C")
+    out = np.ascontiguousarray(fresh[rows])
+    del fresh
+    return out
 
 
 def nbytes(*data: Structure) -> int:
