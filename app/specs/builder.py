@@ -216,9 +216,19 @@ def _input_tensor(name: str, spec: tuple[str, tuple[int | None, ...], str]) -> A
     return keras.Input(shape=spec[1], dtype=spec[2], name=name)
 
 
+_RANK_RE = re.compile(r"expected (min_|max_)?ndim=(\d+), found ndim=(\d+)")
+_RANK_OPS = {None: "=", "min_": "≥", "max_": "≤"}
+
+
 def _call_error(layer: _Layer, exc: Exception, shapes: Any) -> Exception:
-    return refuse(layer.pointer, f"layers/{layer.index} ({layer.type_name}) cannot be applied "
-                                 f"to input shape {shapes}: {first_line(exc)}")
+    where = f"layers/{layer.index} ({layer.type_name})"
+    rank = _RANK_RE.search(str(exc))
+    if rank:  # Keras's InputSpec message, said the way a user thinks of it
+        op = _RANK_OPS[rank.group(1)]
+        return refuse(layer.pointer, f"{where} expects input rank {op} {rank.group(2)} "
+                                     f"(batch included), got {shapes}")
+    return refuse(layer.pointer, f"{where} cannot be applied to input shape {shapes}: "
+                                 f"{first_line(exc)}")
 
 
 def _sequential(name: str | None, inputs: dict[str, Any], layers: list[_Layer]) -> keras.Model:

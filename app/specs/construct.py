@@ -68,10 +68,17 @@ def blame(exc: BaseException, kwargs: dict[str, Any], pointer: str) -> str:
     return pointer
 
 
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+_CALL_WRAPPER_RE = re.compile(r"^Exception encountered when calling [\w.]+\(\)\. ")
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join(_ANSI_RE.sub("", str(exc)).split())
     # from_config wraps the real cause after this marker, behind a dump of the whole config.
     text = text.rsplit("Exception encountered: ", 1)[-1]
+    # Layer calls wrap it as "Exception encountered when calling X.call(). <cause> Arguments
+    # received by X.call(): <dump>"; keep the cause.
+    text = _CALL_WRAPPER_RE.sub("", text).split(" Arguments received by ", 1)[0]
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -153,6 +153,17 @@ def test_keras_config_import_and_canonical_config(client: Any) -> None:
     assert json.loads(model.to_json())["config"]["layers"][1]["config"]["units"] == 8
 
 
+def test_shape_errors_name_the_layer_and_expected_rank(client: Any, unchanged: None) -> None:
+    spec = {**SEED_SPEC, "layers": [{"type": "Dense", "units": 4}, {"type": "Dense", "units": 4},
+                                    {"type": "Flatten"}, {"type": "LSTM", "units": 3}]}
+    body = assert_problem(client.post("/v1/specs", json=spec), 422, "/layers/3")
+    assert "layers/3 (LSTM) expects input rank = 3 (batch included), got (None, 4)" in str(body)
+    spec = {**SEED_SPEC, "layers": [{"type": "Reshape", "target_shape": [3]}]}
+    body = assert_problem(client.post("/v1/specs", json=spec), 422, "/layers/0")
+    assert "total size of the tensor must be unchanged" in body["detail"]
+    assert "\x1b" not in body["detail"] and "Arguments received" not in body["detail"]
+
+
 def test_unknown_optimizer_suggests(client: Any, unchanged: None) -> None:
     spec = {**SEED_SPEC, "compile": {**SEED_SPEC["compile"], "optimizer": "adamm"}}
     body = assert_problem(client.post("/v1/specs", json=spec), 422)
