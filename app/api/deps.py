@@ -10,7 +10,7 @@ from fastapi import Depends
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
-from app.core.db import get_sessionmaker
+from app.core.db import session_scope
 from app.core.storage import ArtifactStore, get_store
 
 
@@ -30,15 +30,8 @@ def get_caller() -> Caller:
 def get_session() -> Iterator[Session]:
     """The request's unit of work: committed once when the handler returns, rolled back if it
     raises. Nothing else commits inside a request."""
-    session = get_sessionmaker()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -4,10 +4,33 @@ never sees half an artifact and a failed write leaves nothing behind."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import IO
+
+from app.core.errors import DomainError, FieldError
+
+COPY_CHUNK = 1 << 20
+
+
+def receive(upload: IO[bytes], path: Path, max_bytes: int) -> tuple[int, str]:
+    """Copy an upload to `path` in chunks, never holding it whole; (size, sha256 hex).
+    Past `max_bytes` the copy stops with a 413."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("wb") as out:
+        while chunk := upload.read(COPY_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise DomainError(413, "Upload too large",
+                                  f"The upload exceeds {max_bytes} bytes (KJ_MAX_UPLOAD_BYTES).",
+                                  [FieldError("/file", "too large")], type="/problems/too-large")
+            digest.update(chunk)
+            out.write(chunk)
+    return size, digest.hexdigest()
 
 
 class ArtifactStore:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from typing import IO
 
@@ -10,13 +9,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.db import on_commit, on_rollback
-from app.core.errors import DomainError, FieldError, conflict, not_found
-from app.core.storage import ArtifactStore
+from app.core.errors import conflict, not_found
+from app.core.storage import ArtifactStore, receive
 from app.datasets.ingest import ingest
 from app.models import Dataset, Job, JobStatus
 from app.models.base import new_id
-
-COPY_CHUNK = 1 << 20
 
 
 def create(session: Session, store: ArtifactStore, owner: str, upload: IO[bytes], filename: str,
@@ -26,18 +23,7 @@ def create(session: Session, store: ArtifactStore, owner: str, upload: IO[bytes]
     staging = store.staging_dir()
     try:
         raw = staging / "upload.bin"
-        digest = hashlib.sha256()
-        size = 0
-        with raw.open("wb") as out:
-            while chunk := upload.read(COPY_CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise DomainError(413, "Upload too large",
-                                      f"The upload exceeds {max_bytes} bytes "
-                                      "(KJ_MAX_UPLOAD_BYTES).", [FieldError("/file", "too large")],
-                                      type="/problems/too-large")
-                digest.update(chunk)
-                out.write(chunk)
+        size, sha256 = receive(upload, raw, max_bytes)
         arrays_dir = staging / "arrays"
         arrays_dir.mkdir()
         result = ingest(raw, filename, arrays_dir, max_bytes * 8)
@@ -45,7 +31,7 @@ def create(session: Session, store: ArtifactStore, owner: str, upload: IO[bytes]
         dataset_id = new_id("ds")
         key = store.dataset_key(dataset_id)
         dataset = Dataset(id=dataset_id, owner=owner, name=name or filename, filename=filename,
-                          format=result.format, sha256=digest.hexdigest(), size_bytes=size,
+                          format=result.format, sha256=sha256, size_bytes=size,
                           num_rows=result.num_rows, arrays=result.arrays, storage_key=key)
         session.add(dataset)
         session.flush()

@@ -26,12 +26,11 @@ from sqlalchemy.orm import Session
 
 from app.core.db import on_rollback
 from app.core.errors import DomainError, FieldError, invalid, unsupported_media
-from app.core.storage import ArtifactStore
+from app.core.storage import ArtifactStore, receive
 from app.models import ModelVersion
 from app.predict.service import MODEL_FILE
 from app.registry import service as registry
 
-COPY_CHUNK = 1 << 20
 MAX_CONFIG_BYTES = 16 << 20
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -52,7 +51,7 @@ def create(session: Session, store: ArtifactStore, owner: str, name: str, upload
     staging = store.staging_dir()
     try:
         path = staging / MODEL_FILE
-        _copy(upload, path, max_bytes)
+        receive(upload, path, max_bytes)
         with path.open("rb") as f:
             if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
                 raise _hdf5_refused()
@@ -72,19 +71,6 @@ def _hdf5_refused() -> DomainError:
     return unsupported_media("Only the `.keras` format (Keras 3's zip) is accepted: legacy HDF5 "
                              "(.h5) model files are refused because loading them has had "
                              "code-execution vulnerabilities. Save with model.save('m.keras').")
-
-
-def _copy(upload: IO[bytes], path: Path, max_bytes: int) -> None:
-    size = 0
-    with path.open("wb") as out:
-        while chunk := upload.read(COPY_CHUNK):
-            size += len(chunk)
-            if size > max_bytes:
-                raise DomainError(413, "Upload too large",
-                                  f"The upload exceeds {max_bytes} bytes (KJ_MAX_UPLOAD_BYTES).",
-                                  [FieldError(FILE_POINTER, "too large")],
-                                  type="/problems/too-large")
-            out.write(chunk)
 
 
 def _not_keras(detail: str, pointer: str = FILE_POINTER) -> DomainError:

@@ -244,3 +244,13 @@ def test_normalization_adapts_on_the_jobs_training_rows(client: Any,
     model = keras.saving.load_model(saved, compile=False)
     norm = model.layers[0]
     np.testing.assert_allclose(np.ravel(norm.mean), x.mean(axis=0), rtol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_steps_per_epoch(client: Any, mode: str) -> None:
+    x, y = two_classes(seed=13, n=50)  # 100 rows: 2 batches of 50 per pass
+    ds = upload(client, f"steps-{mode}", x=x, y=y)
+    job = fit(client, SEED_SPEC, ds["id"], epochs=3, batch_size=50, steps_per_epoch=3,
+              input=mode, seed=1, model_name=f"steps-{mode}")
+    assert job["status"] == "succeeded", job
+    assert len(job["history"]["loss"]) == 3
