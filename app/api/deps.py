@@ -28,8 +28,8 @@ def get_caller() -> Caller:
 
 
 def get_session() -> Iterator[Session]:
-    """The request's unit of work: committed once when the handler returns, rolled back if it
-    raises. Nothing else commits inside a request."""
+    """The request's unit of work: committed when the handler returns, rolled back if it
+    raises. (Job submission commits early so it can enqueue and report a broker failure.)"""
     with session_scope() as session:
         yield session
 

@@ -22,6 +22,10 @@ def create_job(caller: CallerDep, session: SessionDep, response: Response,
                body: Annotated[JobCreate, Body(examples=[FIT_EXAMPLE])]) -> JobRead:
     """Queue a fit or evaluate job; a worker picks it up once this request has committed."""
     job = service.create(session, caller.owner, body)
+    # Commit here rather than when the request ends: the job is enqueued once its row is
+    # durable, and a broker failure must still become this request's answer (503).
+    session.commit()
+    service.enqueue(job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return service.read(session, job)
 

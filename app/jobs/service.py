@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.broker import enqueue_job
-from app.core.db import on_commit
+from app.core.db import session_scope
 from app.core.errors import DomainError, FieldError, conflict, invalid, not_found
 from app.datasets import service as datasets
 from app.jobs.schemas import EvaluateJobCreate, FitJobCreate, JobRead
@@ -51,9 +51,23 @@ def create(session: Session, owner: str, body: FitJobCreate | EvaluateJobCreate)
                   model_name=found.name, model_version=found.version)
     session.add(job)
     session.flush()
-    job_id = job.id
-    on_commit(session, lambda: enqueue_job(job_id))
     return job
+
+
+def enqueue(job_id: str) -> None:
+    """Hand a committed job to the broker (never before its row is durable, or a worker could
+    look for it too early). If the broker cannot take it, the job must not sit queued forever:
+    it is marked failed and the caller gets a 503."""
+    try:
+        enqueue_job(job_id)
+    except Exception as exc:
+        with session_scope() as s:
+            s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
+                      .values(status=JobStatus.failed, finished_at=utcnow(),
+                              error=f"could not be queued: {exc}"))
+        raise DomainError(503, "Broker unavailable", f"Job {job_id} could not be queued: the "
+                          "broker is unreachable. It was recorded as failed; submit it again "
+                          "once the broker is back.", type="/problems/broker-unavailable") from exc
 
 
 def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset,
