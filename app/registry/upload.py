@@ -114,12 +114,12 @@ def _load_checked(path: Path, config: dict[str, Any]) -> None:
     """Allowlist the config, then prove Keras loads the file and its compile settings pass."""
     from app.specs.builder import check_keras_config
     from app.specs.compiler import check_compile_config
-    from app.specs.service import _build_lock
+    from app.specs.service import build_lock
 
     check_keras_config(config, CONFIG_POINTER)  # before any Keras code sees the file
     import keras
 
-    with _build_lock:
+    with build_lock:
         try:
             model = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:  # whatever Keras finds wrong with the file

@@ -15,7 +15,7 @@ from app.models import Spec
 
 # Building touches Keras's process-wide state (name counters, the default seed generator); one
 # build at a time keeps concurrent requests from interleaving there.
-_build_lock = threading.Lock()
+build_lock = threading.Lock()
 
 
 def create(session: Session, owner: str, body: dict[str, Any]) -> Spec:
@@ -25,7 +25,7 @@ def create(session: Session, owner: str, body: dict[str, Any]) -> Spec:
                                                           "most 200 characters is required")])
     from app.specs.builder import build_compiled, describe
 
-    with _build_lock:
+    with build_lock:
         model = build_compiled(body)
         keras_config = json.loads(model.to_json())
         summary = describe(model)
