@@ -58,7 +58,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      "did you mean 'glorot_uniform'"),
     ("file vocabulary", _with_layer({"type": "StringLookup", "vocabulary": "/etc/passwd"}),
      "/layers/1/vocabulary", "file paths"),
-    ("shape error", _with_layer({"type": "LSTM", "units": 2}), "/layers/1", "ndim=3"),
+    ("shape error", _with_layer({"type": "LSTM", "units": 2}), "/layers/1", "expects input rank = 3"),
     ("unknown top-level key", {**BASE, "extra": 1}, "/extra", "unknown key"),
     ("missing inputs", {"layers": BASE["layers"]}, "/inputs", "inputs"),
     ("mixed forms", {**BASE, "keras_config": {}}, "/inputs", "keras_config"),
