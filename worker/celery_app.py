@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from app.core.broker import get_celery
 
@@ -34,3 +34,15 @@ def _warm_child(**_kwargs: Any) -> None:
 
     # The parent's pooled connections must not be shared across the fork.
     get_engine().dispose(close=False)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _requeue_orphans(**_kwargs: Any) -> None:
+    """Jobs left running by a worker that died (no heartbeat for KJ_STALE_AFTER_S) run again;
+    on the embedded broker nothing else would ever bring their messages back."""
+    from app.core.config import get_settings
+    from app.training.lifecycle import requeue_stale
+
+    requeued = requeue_stale(get_settings().stale_after_s)
+    if requeued:
+        log.warning("requeued jobs whose worker had died: %s", ", ".join(requeued))

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     cancel_poll_s: float = 0.5
     # After a cancel request, how long a job gets to stop on its own before its process is ended.
     cancel_grace_s: float = 30.0
+    # A running job's process writes a heartbeat this often; one silent for stale_after_s is
+    # taken as dead and its job queued again (at worker start, or by a redelivered message).
+    heartbeat_s: float = 5.0
+    stale_after_s: float = 60.0
     max_upload_bytes: int = 4 * 1024**3
     # Fit jobs whose arrays are larger than this stream batches from the memory-mapped arrays
     # (tf.data) instead of loading them (job option input="auto").

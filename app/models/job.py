@@ -53,6 +53,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Written every few seconds by the process running the job; a stale one means that
+    # process is gone (see lifecycle.requeue_stale).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class JobEpoch(Base):

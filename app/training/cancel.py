@@ -1,4 +1,4 @@
-"""Cooperative cancel, with a backstop.
+"""Cooperative cancel, with a backstop; and the job's heartbeat.
 
 A thread polls the job's cancel flag in the database (works on every broker, including the
 embedded one, which has no remote control). Once set, Keras stops at the next batch boundary
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from app.models import JobStatus
 from app.training import lifecycle
@@ -20,10 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class CancelWatcher:
-    def __init__(self, job_id: str, poll_s: float, grace_s: float) -> None:
+    def __init__(self, job_id: str, poll_s: float, grace_s: float, heartbeat_s: float) -> None:
         self.job_id = job_id
         self.poll_s = poll_s
         self.grace_s = grace_s
+        self.heartbeat_s = heartbeat_s
         self.requested = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"cancel-{job_id}", daemon=True)
@@ -37,10 +39,14 @@ class CancelWatcher:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        last_beat = time.monotonic()
         while not self._stop.wait(self.poll_s):
             try:
                 if lifecycle.cancel_requested(self.job_id):
                     break
+                if time.monotonic() - last_beat >= self.heartbeat_s:
+                    lifecycle.heartbeat(self.job_id)
+                    last_beat = time.monotonic()
             except Exception:  # a database hiccup must not kill training
                 log.warning("cancel poll failed for %s", self.job_id, exc_info=True)
         else:

@@ -3,9 +3,10 @@ redelivered or raced message can never move a job backwards or run it twice."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -14,19 +15,55 @@ from app.models import Job, JobEpoch, JobStatus
 from app.models.base import utcnow
 
 
-def claim(job_id: str, redelivered: bool) -> Job | None:
-    """queued → running. A redelivered message (its worker died mid-job) may take the job over
-    while it is still marked running; anything else is skipped."""
+def claim(job_id: str, redelivered: bool, stale_after_s: float) -> Job | None:
+    """queued → running. A redelivered message (its worker died mid-job) may take over a job
+    still marked running, but only once that job's heartbeat has gone stale: a live process
+    keeps it fresh, so a job never runs twice at once."""
+    now = utcnow()
     with session_scope() as s:
         moved = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
-                          .values(status=JobStatus.running, started_at=utcnow())).rowcount  # type: ignore[attr-defined]
+                          .values(status=JobStatus.running, started_at=now, heartbeat_at=now)
+                          ).rowcount  # type: ignore[attr-defined]
+        if not moved and redelivered:
+            moved = s.execute(update(Job).where(Job.id == job_id,
+                                                Job.status == JobStatus.running,
+                                                _stale(now, stale_after_s))
+                              .values(heartbeat_at=now)).rowcount  # type: ignore[attr-defined]
         job = s.get(Job, job_id)
-        if job is None:
+        if job is None or not moved:
             return None
-        if moved or (redelivered and job.status == JobStatus.running):
-            s.expunge(job)
-            return job
-        return None
+        s.expunge(job)
+        return job
+
+
+def _stale(now: datetime, stale_after_s: float) -> ColumnElement[bool]:
+    cutoff = now - timedelta(seconds=stale_after_s)
+    return or_(Job.heartbeat_at < cutoff,
+               and_(Job.heartbeat_at.is_(None), Job.started_at < cutoff))
+
+
+def heartbeat(job_id: str) -> None:
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.running)
+                  .values(heartbeat_at=utcnow()))
+
+
+def requeue_stale(stale_after_s: float) -> list[str]:
+    """Jobs marked running whose process stopped beating (its worker or host died) go back to
+    queued and are enqueued again; they resume from their checkpoint. Returns their ids."""
+    now = utcnow()
+    with session_scope() as s:
+        ids = list(s.scalars(select(Job.id).where(Job.status == JobStatus.running,
+                                                  _stale(now, stale_after_s))))
+        requeued = [job_id for job_id in ids if s.execute(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.running,
+                              _stale(now, stale_after_s))
+            .values(status=JobStatus.queued)).rowcount]  # type: ignore[attr-defined]
+    from app.core.broker import enqueue_job
+
+    for job_id in requeued:
+        enqueue_job(job_id)
+    return requeued
 
 
 def record_epoch(job_id: str, epoch: int, logs: dict[str, float | None]) -> None:

@@ -39,13 +39,14 @@ class Cancelled(Exception):
 
 
 def run_job(job_id: str, redelivered: bool = False) -> None:
-    job = lifecycle.claim(job_id, redelivered)
-    if job is None:
-        log.info("job %s skipped (not queued, or already taken)", job_id)
-        return
     settings = get_settings()
+    job = lifecycle.claim(job_id, redelivered, settings.stale_after_s)
+    if job is None:
+        log.info("job %s skipped (not queued, or running in a live process)", job_id)
+        return
     store = get_store()
-    with CancelWatcher(job_id, settings.cancel_poll_s, settings.cancel_grace_s) as watcher:
+    with CancelWatcher(job_id, settings.cancel_poll_s, settings.cancel_grace_s,
+                       settings.heartbeat_s) as watcher:
         try:
             if job.type == JobType.fit:
                 _fit(job, store, watcher)
