@@ -57,6 +57,10 @@ def needs_adapt(layer: Any) -> bool:
     return False
 
 
+def needs_adapting(model: Any) -> bool:
+    return any(needs_adapt(layer) for layer in _all_layers(model))
+
+
 def adapt_layers(model: Any, x: Any) -> None:
     """adapt() every layer that needs it on the training data of the model input feeding it.
 

@@ -5,7 +5,7 @@ A fit job makes exactly these Keras calls (README, "Reproducing a fit job"):
     keras.utils.set_random_seed(seed)
     model = <spec built as in POST /v1/specs>; model.compile(**spec["compile"])
     # validation_split: rows shuffled by numpy.random.default_rng(seed).permutation(n),
-    # the last ceil-rounded fraction held out (data.validation_split)
+    # the last ceil-rounded fraction held out (data.split_index)
     model.fit(x, y, epochs=..., batch_size=..., shuffle=..., validation_data=(x_val, y_val),
               callbacks=[...], verbose=0)
 """
@@ -17,7 +17,6 @@ import secrets
 import shutil
 from typing import Any
 
-import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from app.core.config import get_settings
@@ -27,8 +26,9 @@ from app.core.storage import ArtifactStore, get_store
 from app.models import Dataset, Job, JobStatus, JobType, ModelVersion, Spec
 from app.predict.service import MODEL_FILE
 from app.registry import service as registry
-from app.training import data, lifecycle, stream
+from app.training import data, lifecycle
 from app.training.cancel import CancelWatcher
+from app.training.fit_inputs import FitInputs
 
 log = logging.getLogger(__name__)
 VERSION_RETRIES = 5
@@ -66,6 +66,7 @@ def _fit(job: Job, store: ArtifactStore, watcher: CancelWatcher) -> None:
     import tensorflow as tf
 
     from app.specs.builder import adapt_layers, build_compiled
+    from app.specs.model_info import needs_adapting
     from app.training import callback_specs
     from app.training.callbacks import CancelOnFlag, KeepBest, RecordEpochs, StopOnNaN
 
@@ -77,24 +78,10 @@ def _fit(job: Job, store: ArtifactStore, watcher: CancelWatcher) -> None:
         tf.config.experimental.enable_op_determinism()
     spec_body = _spec_body(job) if p.get("spec_id") else None
     assert job.dataset_id is not None
-    arrays = _arrays(job.dataset_id, store)
-    x = data.select(arrays, p["x"], "/x")
-    y = data.select(arrays, p["y"], "/y")
-    sw = data.select(arrays, p["sample_weight"], "/sample_weight") if p.get(
-        "sample_weight") else None
-    train_idx = np.arange(data.rows(x))
-    val: tuple[Any, Any, np.ndarray] | None = None
-    if p.get("validation_split"):
-        train_idx, val_idx = data.split_index(len(train_idx), p["validation_split"], seed)
-        val = (x, y, val_idx)
-    elif p.get("validation_dataset_id"):
-        val_arrays = _arrays(p["validation_dataset_id"], store)
-        xv = data.select(val_arrays, p["x"], "/x")
-        val = (xv, data.select(val_arrays, p["y"], "/y"), np.arange(data.rows(xv)))
-    streaming = p.get("input") == "stream" or (
-        p.get("input", "auto") == "auto"
-        and stream.nbytes(x, y, *([sw] if sw is not None else []))
-        > get_settings().stream_threshold_bytes)
+    inputs = FitInputs.from_params(
+        p, _arrays(job.dataset_id, store),
+        _arrays(p["validation_dataset_id"], store) if p.get("validation_dataset_id") else None,
+        seed, get_settings().stream_threshold_bytes)
 
     keras.utils.set_random_seed(seed)
     if spec_body is not None:
@@ -112,28 +99,14 @@ def _fit(job: Job, store: ArtifactStore, watcher: CancelWatcher) -> None:
                  recorder, canceller]
     callbacks += [nan_guard] if p.get("terminate_on_nan", True) else []
     callbacks += [keep_best] if keep_best else []
-    common = {"epochs": p["epochs"], "initial_epoch": p.get("initial_epoch", 0),
-              "steps_per_epoch": p.get("steps_per_epoch"),
-              "validation_freq": p.get("validation_freq", 1), "callbacks": callbacks,
-              "class_weight": ({int(k): v for k, v in p["class_weight"].items()}
-                               if p.get("class_weight") else None), "verbose": 0}
-    if streaming:
-        parts = (x, y) if sw is None else (x, y, sw)
-        train = stream.dataset(parts, train_idx, p["batch_size"], p["shuffle"], seed,
-                               repeat=p.get("steps_per_epoch") is not None)
-        val_ds = (stream.dataset((val[0], val[1]), val[2], p["batch_size"], False, seed)
-                  if val else None)
-        adapt_layers(model, stream.per_input(x, train_idx))
-        model.fit(train, validation_data=val_ds, **common)
-    else:
-        x_tr = data.materialize(data.take(x, train_idx))
-        adapt_layers(model, x_tr)
-        model.fit(x_tr, data.materialize(data.take(y, train_idx)), batch_size=p["batch_size"],
-                  shuffle=p["shuffle"],
-                  sample_weight=None if sw is None else data.materialize(data.take(sw, train_idx)),
-                  validation_data=(data.materialize(data.take(val[0], val[2])),
-                                   data.materialize(data.take(val[1], val[2]))) if val else None,
-                  **common)
+    if needs_adapting(model):  # reading the training rows for adapt() is not free
+        adapt_layers(model, inputs.adapt_source())
+    inputs.fit(model, batch_size=p["batch_size"], shuffle=p["shuffle"], seed=seed,
+               epochs=p["epochs"], initial_epoch=p.get("initial_epoch", 0),
+               steps_per_epoch=p.get("steps_per_epoch"),
+               validation_freq=p.get("validation_freq", 1), callbacks=callbacks,
+               class_weight=({int(k): v for k, v in p["class_weight"].items()}
+                             if p.get("class_weight") else None), verbose=0)
     if canceller.cancelled or watcher.requested.is_set():
         shutil.rmtree(checkpoints, ignore_errors=True)
         raise Cancelled()
