@@ -96,6 +96,7 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset,
     callback_specs.build(params["callbacks"])  # refuses unknown callbacks and bad arguments
     if body.spec_id is not None:
         spec = _spec(session, owner, body.spec_id)
+        _check_inputs(spec.spec.get("inputs"), dataset, body.x)
         name, spec_id = body.model_name or _model_name(spec.name), spec.id
     else:
         assert body.from_model is not None
@@ -104,6 +105,35 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset,
         name, spec_id = body.model_name or start.name, start.spec_id
     return Job(owner=owner, type=JobType.fit, params=params, spec_id=spec_id,
                dataset_id=dataset.id, model_name=name, epochs=body.epochs)
+
+
+def _check_inputs(inputs: Any, dataset: Dataset, selector: Any) -> None:
+    """Fail at submit time, not minutes later in a worker, when the arrays named for `x` cannot
+    feed the spec's inputs (names, or per-row shapes; stacked columns are left to the worker)."""
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        return  # an imported keras_config: Keras checks it when the job runs
+    names = [i.get("name") for i in inputs]
+    if isinstance(selector, dict):
+        if set(selector) != set(names):
+            raise invalid("x must map each of the spec's inputs to an array.",
+                          [FieldError("/x", f"expected keys {names}, got {sorted(selector)}")])
+        pairs = [(i, selector[i.get("name")], f"/x/{i.get('name')}") for i in inputs]
+    elif len(inputs) != 1:
+        raise invalid("The spec has several inputs; map each to an array.",
+                      [FieldError("/x", f'expected {{"{names[0]}": "array", ...}} for {names}')])
+    else:
+        pairs = [(inputs[0], selector, "/x")]
+    for spec_input, array_name, pointer in pairs:
+        if not isinstance(array_name, str):
+            continue
+        got = dataset.arrays[array_name]["shape"][1:]
+        want = spec_input.get("shape")
+        if isinstance(want, list) and (len(got) != len(want) or any(
+                w is not None and w != g for w, g in zip(want, got, strict=True))):
+            raise invalid(
+                f"Array '{array_name}' does not fit input '{spec_input.get('name')}'.",
+                [FieldError(pointer, f"rows of '{array_name}' have shape {got}; the input "
+                            f"expects {want} (null = any size)")])
 
 
 def _model_ref(session: Session, owner: str, ref: str, pointer: str) -> Any:

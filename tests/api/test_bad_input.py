@@ -186,6 +186,8 @@ def _bad_jobs(refs: dict[str, str]) -> list[tuple[dict[str, Any], int, str]]:
         ({**fit, "x": "nope"}, 422, "/x"),
         ({**fit, "y": ["x", "nope"]}, 422, "/y/1"),
         ({**fit, "epochs": 0}, 422, "/epochs"),
+        ({**fit, "x": "y"}, 422, "/x"),  # rows of shape [1] for an input of shape [2]
+        ({**fit, "x": {"a": "x"}}, 422, "/x"),
         ({**fit, "batch_size": -1}, 422, "/batch_size"),
         ({**fit, "validation_split": 1.5}, 422, "/validation_split"),
         ({**fit, "validation_split": 0.2, "validation_dataset_id": refs["dataset_id"]}, 422,
