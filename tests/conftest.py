@@ -60,6 +60,7 @@ def service_env(pg_database: str,
         "KJ_ARTIFACT_ROOT": str(home / "artifacts"),
         "KJ_QUEUE": f"kj-test-{secrets.token_hex(4)}",  # private queue: parallel runs never mix
         "KJ_CANCEL_POLL_S": "0.2",
+        "KJ_SWEEP_S": "1",
         "KJ_LOG_LEVEL": "INFO",
     }
     saved = {k: os.environ.get(k) for k in env}

@@ -6,6 +6,8 @@ Run it with `keras-jobs worker` (or `celery -A worker.celery_app worker`).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from celery.signals import worker_process_init, worker_ready
@@ -37,12 +39,25 @@ def _warm_child(**_kwargs: Any) -> None:
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
-def _requeue_orphans(**_kwargs: Any) -> None:
-    """Jobs left running by a worker that died (no heartbeat for KJ_STALE_AFTER_S) run again;
-    on the embedded broker nothing else would ever bring their messages back."""
+def _start_orphan_sweep(**_kwargs: Any) -> None:
+    """Jobs left running by a worker that died (no heartbeat for KJ_STALE_AFTER_S) run again:
+    swept now and every KJ_SWEEP_S from this (parent) process. On the embedded broker nothing
+    else would ever bring their messages back."""
     from app.core.config import get_settings
+
+    settings = get_settings()
+    threading.Thread(target=_sweep_forever, args=(settings.stale_after_s, settings.sweep_s),
+                     name="orphan-sweep", daemon=True).start()
+
+
+def _sweep_forever(stale_after_s: float, every_s: float) -> None:
     from app.training.lifecycle import requeue_stale
 
-    requeued = requeue_stale(get_settings().stale_after_s)
-    if requeued:
-        log.warning("requeued jobs whose worker had died: %s", ", ".join(requeued))
+    while True:
+        try:
+            requeued = requeue_stale(stale_after_s)
+            if requeued:
+                log.warning("requeued jobs whose worker had died: %s", ", ".join(requeued))
+        except Exception:  # a database or broker hiccup: try again next round
+            log.warning("orphan sweep failed", exc_info=True)
+        time.sleep(every_s)

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # taken as dead and its job queued again (at worker start, or by a redelivered message).
     heartbeat_s: float = 5.0
     stale_after_s: float = 60.0
+    # How often each worker looks for such orphaned jobs (besides once at start-up).
+    sweep_s: float = 30.0
     max_upload_bytes: int = 4 * 1024**3
     # Fit jobs whose arrays are larger than this stream batches from the memory-mapped arrays
     # (tf.data) instead of loading them (job option input="auto").
