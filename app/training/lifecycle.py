@@ -50,9 +50,14 @@ def heartbeat(job_id: str) -> None:
 
 def requeue_stale(stale_after_s: float) -> list[str]:
     """Jobs marked running whose process stopped beating (its worker or host died) go back to
-    queued and are enqueued again; they resume from their checkpoint. Returns their ids."""
+    queued and are enqueued again; they resume from their checkpoint. Returns their ids.
+    One whose cancel was requested is simply cancelled."""
     now = utcnow()
     with session_scope() as s:
+        s.execute(update(Job).where(Job.status == JobStatus.running, Job.cancel_requested,
+                                    _stale(now, stale_after_s))
+                  .values(status=JobStatus.cancelled, finished_at=now,
+                          error="cancelled; its worker had stopped"))
         ids = list(s.scalars(select(Job.id).where(Job.status == JobStatus.running,
                                                   _stale(now, stale_after_s))))
         requeued = [job_id for job_id in ids if s.execute(

@@ -13,7 +13,8 @@ from tests.conftest import SEED_SPEC, two_classes, upload, wait_for_job
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker")]
 
 
-def _running_job(spec_id: str, dataset_id: str, heartbeat_age_s: float) -> str:
+def _running_job(spec_id: str, dataset_id: str, heartbeat_age_s: float,
+                 cancel_requested: bool = False) -> str:
     """A job row as a worker leaves it mid-run: running, last heartbeat some time ago."""
     from app.core.db import session_scope
     from app.jobs.schemas import FitJobCreate
@@ -26,7 +27,7 @@ def _running_job(spec_id: str, dataset_id: str, heartbeat_age_s: float) -> str:
     with session_scope() as s:
         job = Job(owner="local", type=JobType.fit, status=JobStatus.running, params=params,
                   spec_id=spec_id, dataset_id=dataset_id, model_name="recovered", epochs=2,
-                  started_at=beat, heartbeat_at=beat)
+                  started_at=beat, heartbeat_at=beat, cancel_requested=cancel_requested)
         s.add(job)
         s.flush()
         return job.id
@@ -42,6 +43,8 @@ def test_stale_running_job_is_swept_and_a_live_one_is_left_alone(client: Any) ->
     spec = client.post("/v1/specs", json=SEED_SPEC).json()
     dead = _running_job(spec["id"], dataset["id"], heartbeat_age_s=3600)
     alive = _running_job(spec["id"], dataset["id"], heartbeat_age_s=1)
+    dead_cancelled = _running_job(spec["id"], dataset["id"], heartbeat_age_s=3600,
+                                  cancel_requested=True)
     try:
         # A redelivered message may take over only the job whose process stopped beating.
         assert lifecycle.claim(alive, redelivered=True, stale_after_s=60) is None
@@ -52,6 +55,8 @@ def test_stale_running_job_is_swept_and_a_live_one_is_left_alone(client: Any) ->
         assert done["status"] == "succeeded", done
         assert len(done["history"]["loss"]) == 2
         assert client.get(f"/v1/jobs/{alive}").json()["status"] == "running"
+        gone = client.get(f"/v1/jobs/{dead_cancelled}").json()
+        assert gone["status"] == "cancelled" and gone["finished_at"], gone
     finally:
         with session_scope() as s:
             s.delete(s.get(Job, alive))
