@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Query
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
@@ -38,3 +38,15 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+class PageParams:
+    """`?limit=&offset=` of every list route."""
+
+    def __init__(self, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                 offset: Annotated[int, Query(ge=0)] = 0) -> None:
+        self.limit = limit
+        self.offset = offset
+
+
+PageDep = Annotated[PageParams, Depends()]

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import get_settings
@@ -38,6 +38,14 @@ def get_engine() -> Engine:
 @lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
+
+
+def paginate(session: Session, query: Select[Any], order_by: tuple[Any, ...], limit: int,
+             offset: int) -> tuple[list[Any], int]:
+    """One page of `query`'s rows in `order_by` order, and how many rows there are in all."""
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(*order_by).limit(limit).offset(offset)).all()
+    return list(rows), total
 
 
 @contextmanager

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from app.api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.schemas import Page
 from app.datasets import service
 from app.datasets.schemas import DatasetRead
@@ -29,12 +29,11 @@ def upload_dataset(
 @router.get("", response_model=Page[DatasetRead])
 def list_datasets(
     caller: CallerDep, session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: PageDep,
 ) -> Page[DatasetRead]:
-    rows, total = service.list_(session, caller.owner, limit, offset)
+    rows, total = service.list_(session, caller.owner, page.limit, page.offset)
     return Page[DatasetRead](items=[DatasetRead.model_validate(r) for r in rows], total=total,
-                             limit=limit, offset=offset)
+                             limit=page.limit, offset=page.offset)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead)

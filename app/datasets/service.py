@@ -8,7 +8,7 @@ from typing import IO
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.core.db import on_commit, on_rollback
+from app.core.db import on_commit, on_rollback, paginate
 from app.core.errors import conflict, not_found
 from app.core.storage import ArtifactStore, receive
 from app.datasets.ingest import ingest
@@ -53,11 +53,8 @@ def get(session: Session, owner: str, dataset_id: str) -> Dataset:
 
 
 def list_(session: Session, owner: str, limit: int, offset: int) -> tuple[list[Dataset], int]:
-    query = select(Dataset).where(Dataset.owner == owner)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Dataset.created_at.desc(), Dataset.id)
-                           .limit(limit).offset(offset)).all()
-    return list(rows), total
+    return paginate(session, select(Dataset).where(Dataset.owner == owner),
+                    (Dataset.created_at.desc(), Dataset.id), limit, offset)
 
 
 def delete(session: Session, store: ArtifactStore, owner: str, dataset_id: str) -> None:

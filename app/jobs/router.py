@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from app.api.deps import CallerDep, SessionDep
+from app.api.deps import CallerDep, PageDep, SessionDep
 from app.api.schemas import Page
 from app.jobs import service
 from app.jobs.schemas import JobCreate, JobRead
@@ -32,15 +32,13 @@ def create_job(caller: CallerDep, session: SessionDep, response: Response,
 
 @router.get("", response_model=Page[JobRead])
 def list_jobs(
-    caller: CallerDep, session: SessionDep,
+    caller: CallerDep, session: SessionDep, page: PageDep,
     status: Annotated[JobStatus | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Page[JobRead]:
     """Jobs, newest first."""
-    rows, total = service.list_(session, caller.owner, status, limit, offset)
+    rows, total = service.list_(session, caller.owner, status, page.limit, page.offset)
     return Page[JobRead](items=[service.read(session, j) for j in rows], total=total,
-                         limit=limit, offset=offset)
+                         limit=page.limit, offset=page.offset)
 
 
 @router.get("/{job_id}", response_model=JobRead)

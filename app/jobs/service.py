@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.broker import enqueue_job
-from app.core.db import session_scope
+from app.core.db import paginate, session_scope
 from app.core.errors import DomainError, FieldError, conflict, invalid, not_found
 from app.datasets import service as datasets
 from app.jobs.schemas import EvaluateJobCreate, FitJobCreate, JobRead
@@ -204,10 +204,7 @@ def list_(session: Session, owner: str, status: JobStatus | None, limit: int, of
     query = select(Job).where(Job.owner == owner)
     if status is not None:
         query = query.where(Job.status == status)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc())
-                           .limit(limit).offset(offset)).all()
-    return list(rows), total
+    return paginate(session, query, (Job.created_at.desc(), Job.id.desc()), limit, offset)
 
 
 def cancel(session: Session, owner: str, job_id: str) -> Job:

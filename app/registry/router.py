@@ -3,10 +3,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Path, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Path, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.schemas import Page
 from app.core.errors import FieldError, bad_request
 from app.jobs.schemas import MODEL_NAME_PATTERN
@@ -29,12 +29,11 @@ PREDICT_EXAMPLE = {"instances": [[0.0, 3.0], [3.0, 0.0]]}
 @router.get("", response_model=Page[ModelListItem])
 def list_models(
     caller: CallerDep, session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: PageDep,
 ) -> Page[ModelListItem]:
-    rows, total = service.list_models(session, caller.owner, limit, offset)
+    rows, total = service.list_models(session, caller.owner, page.limit, page.offset)
     return Page[ModelListItem](items=[ModelListItem(**r) for r in rows], total=total,
-                               limit=limit, offset=offset)
+                               limit=page.limit, offset=page.offset)
 
 
 @router.get("/{name}", response_model=ModelRead)

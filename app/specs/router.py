@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Response, status
 
-from app.api.deps import CallerDep, SessionDep
+from app.api.deps import CallerDep, PageDep, SessionDep
 from app.api.schemas import Page
 from app.specs import service
 from app.specs.schemas import SPEC_EXAMPLE, SpecListItem, SpecRead
@@ -26,12 +26,11 @@ def create_spec(
 @router.get("", response_model=Page[SpecListItem])
 def list_specs(
     caller: CallerDep, session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    page: PageDep,
 ) -> Page[SpecListItem]:
-    rows, total = service.list_(session, caller.owner, limit, offset)
+    rows, total = service.list_(session, caller.owner, page.limit, page.offset)
     return Page[SpecListItem](items=[SpecListItem.model_validate(r) for r in rows], total=total,
-                              limit=limit, offset=offset)
+                              limit=page.limit, offset=page.offset)
 
 
 @router.get("/{spec_id}", response_model=SpecRead)

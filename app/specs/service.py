@@ -7,9 +7,10 @@ import json
 import threading
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.core.db import paginate
 from app.core.errors import FieldError, invalid, not_found
 from app.models import Spec
 
@@ -44,8 +45,5 @@ def get(session: Session, owner: str, spec_id: str) -> Spec:
 
 
 def list_(session: Session, owner: str, limit: int, offset: int) -> tuple[list[Spec], int]:
-    query = select(Spec).where(Spec.owner == owner)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Spec.created_at.desc(), Spec.id)
-                           .limit(limit).offset(offset)).all()
-    return list(rows), total
+    return paginate(session, select(Spec).where(Spec.owner == owner),
+                    (Spec.created_at.desc(), Spec.id), limit, offset)

@@ -115,7 +115,7 @@ def test_cancel_queued_job_never_starts(client: Any) -> None:
     assert job["status"] == "cancelled" and job["started_at"] is None and job["epoch"] == 0
 
 
-def test_jobs_list_newest_first_filter_and_paginate(client: Any) -> None:
+def test_jobs_list_newest_first_filter_and_paginate(client: Any, trained: dict[str, Any]) -> None:
     page = client.get("/v1/jobs", params={"limit": 2}).json()
     assert page["limit"] == 2 and len(page["items"]) <= 2 and page["total"] >= len(page["items"])
     everything = client.get("/v1/jobs", params={"limit": 500}).json()["items"]
