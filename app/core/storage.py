@@ -4,33 +4,23 @@ never sees half an artifact and a failed write leaves nothing behind."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
-
-from app.core.errors import DomainError, FieldError
-
-COPY_CHUNK = 1 << 20
 
 
-def receive(upload: IO[bytes], path: Path, max_bytes: int) -> tuple[int, str]:
-    """Copy an upload to `path` in chunks, never holding it whole; (size, sha256 hex).
-    Past `max_bytes` the copy stops with a 413."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("wb") as out:
-        while chunk := upload.read(COPY_CHUNK):
-            size += len(chunk)
-            if size > max_bytes:
-                raise DomainError(413, "Upload too large",
-                                  f"The upload exceeds {max_bytes} bytes (KJ_MAX_UPLOAD_BYTES).",
-                                  [FieldError("/file", "too large")], type="/problems/too-large")
-            digest.update(chunk)
-            out.write(chunk)
-    return size, digest.hexdigest()
+@dataclass
+class ReceivedFile:
+    """An uploaded file as it landed in a staging folder."""
+
+    path: Path
+    filename: str
+    size: int
+    sha256: str
 
 
 class ArtifactStore:
@@ -48,6 +38,16 @@ class ArtifactStore:
         path = self.root / "tmp" / uuid.uuid4().hex
         path.mkdir(parents=True)
         return path
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A staging folder that is gone afterwards, whatever happened: what was published
+        from it has been renamed out of it; anything left is a failed write's remains."""
+        path = self.staging_dir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
     def publish(self, staging: Path, key: str) -> Path:
         target = self.path(key)

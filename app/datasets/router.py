@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from fastapi import APIRouter, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
+from app.api.multipart import openapi_body, receive_file
 from app.api.schemas import Page
 from app.datasets import service
 from app.datasets.schemas import DatasetRead
@@ -12,16 +12,21 @@ from app.datasets.schemas import DatasetRead
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetRead)
-def upload_dataset(
-    caller: CallerDep, session: SessionDep, store: StoreDep, settings: SettingsDep,
-    response: Response,
-    file: Annotated[UploadFile, File(description=".npz (named arrays), .npy, or .csv "
-                                     "with a header row")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetRead,
+             openapi_extra=openapi_body({"name": "optional; defaults to the file name"}))
+async def upload_dataset(
+    request: Request, caller: CallerDep, session: SessionDep, store: StoreDep,
+    settings: SettingsDep, response: Response,
 ) -> DatasetRead:
-    dataset = service.create(session, store, caller.owner, file.file, file.filename or "upload",
-                             name, settings.max_upload_bytes)
+    """Upload a `.npz` (named arrays), a `.npy` (one array, named `x`) or a CSV with a header
+    row (one array per column), multipart field `file`, optional field `name`. The body is
+    written to the artifact store as it arrives."""
+    with store.staging() as staging:
+        received, fields = await receive_file(request, staging / "upload.bin",
+                                              settings.max_upload_bytes)
+        dataset = await run_in_threadpool(service.create, session, store, caller.owner,
+                                          staging, received, fields.get("name"),
+                                          settings.max_upload_bytes)
     response.headers["Location"] = f"/v1/datasets/{dataset.id}"
     return DatasetRead.model_validate(dataset)
 

@@ -2,44 +2,38 @@
 
 from __future__ import annotations
 
-import shutil
-from typing import IO
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.db import on_commit, on_rollback, paginate
-from app.core.errors import conflict, not_found
-from app.core.storage import ArtifactStore, receive
+from app.core.errors import FieldError, conflict, invalid, not_found
+from app.core.storage import ArtifactStore, ReceivedFile
 from app.datasets.ingest import ingest
 from app.models import Dataset, Job, JobStatus
 from app.models.base import new_id
 
 
-def create(session: Session, store: ArtifactStore, owner: str, upload: IO[bytes], filename: str,
-           name: str | None, max_bytes: int) -> Dataset:
-    """Copy the upload in chunks (hashing as it goes), parse it into per-array files, publish
-    the folder and add the row. Any failure removes the staging folder: no row, no file."""
-    staging = store.staging_dir()
-    try:
-        raw = staging / "upload.bin"
-        size, sha256 = receive(upload, raw, max_bytes)
-        arrays_dir = staging / "arrays"
-        arrays_dir.mkdir()
-        result = ingest(raw, filename, arrays_dir, max_bytes * 8)
-        raw.unlink()
-        dataset_id = new_id("ds")
-        key = store.dataset_key(dataset_id)
-        dataset = Dataset(id=dataset_id, owner=owner, name=name or filename, filename=filename,
-                          format=result.format, sha256=sha256, size_bytes=size,
-                          num_rows=result.num_rows, arrays=result.arrays, storage_key=key)
-        session.add(dataset)
-        session.flush()
-        store.publish(arrays_dir, key)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
+def create(session: Session, store: ArtifactStore, owner: str, staging: Path,
+           upload: ReceivedFile, name: str | None, max_bytes: int) -> Dataset:
+    """Parse a received upload (in `staging`) into per-array files, publish them and add the
+    row. The caller removes `staging`; a failure here publishes nothing: no row, no file."""
+    if name is not None and len(name) > 200:
+        raise invalid("The dataset name is too long.", [FieldError("/name", "at most 200 "
+                                                                   "characters")])
+    arrays_dir = staging / "arrays"
+    arrays_dir.mkdir()
+    result = ingest(upload.path, upload.filename, arrays_dir, max_bytes * 8)
+    dataset_id = new_id("ds")
+    key = store.dataset_key(dataset_id)
+    dataset = Dataset(id=dataset_id, owner=owner, name=name or upload.filename,
+                      filename=upload.filename, format=result.format, sha256=upload.sha256,
+                      size_bytes=upload.size, num_rows=result.num_rows, arrays=result.arrays,
+                      storage_key=key)
+    session.add(dataset)
+    session.flush()
+    store.publish(arrays_dir, key)
     # If the request's commit fails later, the published folder must go too.
     on_rollback(session, lambda: store.delete(key))
     return dataset

@@ -3,14 +3,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Path, Request, Response, UploadFile, status
+from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
+from app.api.multipart import openapi_body, receive_file
 from app.api.schemas import Page
 from app.core.errors import FieldError, bad_request
 from app.jobs.schemas import MODEL_NAME_PATTERN
 from app.predict import service as predict
+from app.predict.service import MODEL_FILE
 from app.registry import service, upload
 from app.registry.schemas import (
     ModelListItem,
@@ -88,15 +90,18 @@ async def predict_version(caller: CallerDep, session: SessionDep, store: StoreDe
 
 
 @router.post("/{name}/versions", status_code=status.HTTP_201_CREATED,
-             response_model=ModelVersionCreated)
-def upload_version(
-    caller: CallerDep, session: SessionDep, store: StoreDep, settings: SettingsDep,
-    response: Response, name: NameParam,
-    file: Annotated[UploadFile, File(description="a `.keras` file (model.save('m.keras')); "
-                                     "HDF5 (.h5) is refused")],
+             response_model=ModelVersionCreated,
+             openapi_extra=openapi_body({}))
+async def upload_version(
+    request: Request, caller: CallerDep, session: SessionDep, store: StoreDep,
+    settings: SettingsDep, response: Response, name: NameParam,
 ) -> ModelVersionCreated:
-    """Upload a `.keras` file as the next version of `name`."""
-    mv = upload.create(session, store, caller.owner, name, file.file, file.filename or "upload",
-                       settings.max_upload_bytes)
+    """Upload a `.keras` file (multipart field `file`; `model.save("m.keras")`) as the next
+    version of `name`. HDF5 (.h5) files are refused."""
+    with store.staging() as staging:
+        received, _fields = await receive_file(request, staging / MODEL_FILE,
+                                               settings.max_upload_bytes)
+        mv = await run_in_threadpool(upload.create, session, store, caller.owner, name,
+                                     staging, received)
     response.headers["Location"] = f"/v1/models/{name}/versions/{mv.version}"
     return ModelVersionCreated.model_validate(mv)

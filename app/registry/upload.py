@@ -15,20 +15,18 @@ Then the next version number is taken and the staging folder is published under 
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.db import on_rollback
 from app.core.errors import DomainError, FieldError, invalid, unsupported_media
-from app.core.storage import ArtifactStore, receive
+from app.core.storage import ArtifactStore, ReceivedFile
 from app.models import ModelVersion
-from app.predict.service import MODEL_FILE
 from app.registry import service as registry
 
 MAX_CONFIG_BYTES = 16 << 20
@@ -41,26 +39,21 @@ VERSION_RETRIES = 5
 MAX_DETAIL = 1000
 
 
-def create(session: Session, store: ArtifactStore, owner: str, name: str, upload: IO[bytes],
-           filename: str, max_bytes: int) -> ModelVersion:
-    """Check the upload, add version n+1 of `name` and publish its folder. On a version-number
-    clash the session is rolled back and the next number tried, so call this on a session that
-    holds no other work. Any failure removes the staging folder: no row, no file."""
-    if filename.lower().endswith(HDF5_SUFFIXES):
+def create(session: Session, store: ArtifactStore, owner: str, name: str, staging: Path,
+           upload: ReceivedFile) -> ModelVersion:
+    """Check the upload (received as `staging`/model.keras), add version n+1 of `name` and
+    publish the staging folder as its artifact. On a version-number clash the session is rolled
+    back and the next number tried, so call this on a session that holds no other work. The
+    caller removes `staging`; a failure here publishes nothing: no row, no file."""
+    if upload.filename.lower().endswith(HDF5_SUFFIXES):
         raise _hdf5_refused()
-    staging = store.staging_dir()
-    try:
-        path = staging / MODEL_FILE
-        receive(upload, path, max_bytes)
-        with path.open("rb") as f:
-            if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
-                raise _hdf5_refused()
-        config = read_config(path)
-        _load_checked(path, config)
-        mv = _record(session, store, owner, name, staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    path = upload.path
+    with path.open("rb") as f:
+        if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
+            raise _hdf5_refused()
+    config = read_config(path)
+    _load_checked(path, config)
+    mv = _record(session, store, owner, name, staging)
     key = mv.artifact_key
     # If the request's commit fails later, the published folder must go too.
     on_rollback(session, lambda: store.delete(key))

@@ -64,7 +64,15 @@ def test_bad_upload(client: Any, unchanged: None, filename: str, payload: bytes,
 
 
 def test_upload_without_file_field(client: Any, unchanged: None) -> None:
-    assert_problem(client.post("/v1/datasets", data={"name": "x"}), 422, "/file")
+    multipart_without_file = {"data": {"name": "x"}, "files": {"other": ("a.npz", b"PK")}}
+    assert_problem(client.post("/v1/datasets", **multipart_without_file), 422, "/file")
+    assert_problem(client.post("/v1/datasets", data={"name": "x"}), 415)  # not multipart
+    assert_problem(client.post("/v1/datasets", json={"file": "x"}), 415)
+    assert_problem(client.post("/v1/datasets", files={"file": ("a.npz", b"PK")},
+                               data={"name": "n" * 201}), 422, "/name")
+    malformed = client.post("/v1/datasets", content=b"--xyz\r\nnot a part",
+                            headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert malformed.status_code in (400, 422), malformed.text
 
 
 def test_csv_upload_and_delete(client: Any, service_env: dict[str, str]) -> None:

@@ -225,7 +225,9 @@ def test_refused_upload_leaves_nothing(client: Any, unchanged: None, trained: Tr
 def test_invalid_name_and_missing_file(client: Any, unchanged: None, trained: Trained) -> None:
     assert_problem(_post(client, "bad name!", "m.keras", trained.path.read_bytes()), 422,
                    "/path/name")
-    assert_problem(client.post("/v1/models/fine/versions", data={"x": "1"}), 422, "/file")
+    assert_problem(client.post("/v1/models/fine/versions", data={"x": "1"},
+                               files={"other": ("m.keras", b"PK")}), 422, "/file")
+    assert_problem(client.post("/v1/models/fine/versions", data={"x": "1"}), 415)
 
 
 def test_too_large(client: Any, unchanged: None, trained: Trained) -> None:
