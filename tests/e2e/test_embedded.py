@@ -3,6 +3,7 @@ KJ_HOME (SQLite, a local artifact folder, the SQLAlchemy broker and its own work
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
-from tests.conftest import ROOT, SEED_SPEC, two_classes, upload, wait_for_job
+from tests.conftest import ROOT, SEED_SPEC, npz_bytes, two_classes, upload, wait_for_job
 from tests.scenario import run_tutorial
 
 pytestmark = pytest.mark.slow
@@ -94,6 +96,15 @@ def test_queued_job_survives_restart(home: Path) -> None:
         job: dict[str, Any] = api_only.http.post("/v1/jobs", json={
             "type": "fit", "spec_id": spec["id"], "dataset_id": dataset["id"], "epochs": 2,
             "model_name": "restart"}).json()
+        # A body of many chunks, over a real socket: streamed, hashed and stored intact.
+        big = np.random.default_rng(0).normal(size=(40_000, 32)).astype("float32")
+        payload = npz_bytes(x=big, y=np.zeros(len(big), "float32"))
+        r = api_only.http.post("/v1/datasets", files={"file": ("big.npz", payload)})
+        assert r.status_code == 201, r.text
+        assert r.json()["sha256"] == hashlib.sha256(payload).hexdigest()
+        assert r.json()["size_bytes"] == len(payload)
+        stored = home / "artifacts" / "datasets" / r.json()["id"] / "x.npy"
+        np.testing.assert_array_equal(np.load(stored), big)
         time.sleep(1)
         assert api_only.http.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
     finally:
