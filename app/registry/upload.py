@@ -2,7 +2,7 @@
 
 The file is streamed into a staging folder, then checked in this order, each refusal a
 problem that leaves no row and no file behind:
-  1. size (413) and format: HDF5 (`.h5`/`.hdf5` or HDF5's magic bytes) is refused with 415,
+  1. size (413) and format: HDF5 (`.h5`/`.hdf5` or HDF5's magic bytes) is refused (422 at `/file`),
      since legacy HDF5 model loading has had code-execution bugs; only the `.keras` zip is read;
   2. its `config.json` (read with zipfile, bounded) passes check_keras_config, the same
      allowlist imported spec configs pass, before any Keras code sees the file;
@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.db import on_rollback
-from app.core.errors import DomainError, FieldError, invalid, unsupported_media
+from app.core.errors import DomainError, FieldError, invalid
 from app.core.storage import ArtifactStore, ReceivedFile
 from app.models import ModelVersion
 from app.registry import service as registry
@@ -61,9 +61,10 @@ def create(session: Session, store: ArtifactStore, owner: str, name: str, stagin
 
 
 def _hdf5_refused() -> DomainError:
-    return unsupported_media("Only the `.keras` format (Keras 3's zip) is accepted: legacy HDF5 "
-                             "(.h5) model files are refused because loading them has had "
-                             "code-execution vulnerabilities. Save with model.save('m.keras').")
+    detail = ("Only the `.keras` format (Keras 3's zip) is accepted: legacy HDF5 (.h5) model "
+              "files are refused because loading them has had code-execution vulnerabilities. "
+              "Save with model.save('m.keras').")
+    return invalid(detail, [FieldError(FILE_POINTER, "HDF5 file; expected a .keras file")])
 
 
 def _not_keras(detail: str, pointer: str = FILE_POINTER) -> DomainError:
