@@ -35,7 +35,9 @@ def get_session() -> Iterator[Session]:
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent. With the default ("request") the commit
+# would run after the client already has its 201, which could then read a row not yet there.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

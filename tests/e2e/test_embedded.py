@@ -93,9 +93,11 @@ def test_queued_job_survives_restart(home: Path) -> None:
         x, y = two_classes(n=100)
         dataset = upload(api_only.http, "restart", x=x, y=y)
         spec = api_only.http.post("/v1/specs", json=SEED_SPEC).json()
-        job: dict[str, Any] = api_only.http.post("/v1/jobs", json={
+        r = api_only.http.post("/v1/jobs", json={
             "type": "fit", "spec_id": spec["id"], "dataset_id": dataset["id"], "epochs": 2,
-            "model_name": "restart"}).json()
+            "model_name": "restart"})
+        assert r.status_code == 202, r.text
+        job: dict[str, Any] = r.json()
         # A body of many chunks, over a real socket: streamed, hashed and stored intact.
         big = np.random.default_rng(0).normal(size=(40_000, 32)).astype("float32")
         payload = npz_bytes(x=big, y=np.zeros(len(big), "float32"))

@@ -1,0 +1,38 @@
+"""The request's transaction commits before the response leaves: a client that has its 201
+can read what it created, on any connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from tests.conftest import SEED_SPEC
+
+
+def test_commit_happens_before_the_response_starts(client: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    order: list[str] = []
+    app = create_app()
+
+    @app.middleware("http")
+    async def _mark(request: Any, call_next: Any) -> Any:
+        response = await call_next(request)
+        order.append("response")
+        return response
+
+    def _committed(_session: Session) -> None:
+        order.append("commit")
+
+    event.listen(Session, "after_commit", _committed)
+    try:
+        with TestClient(app) as c:
+            order.clear()
+            assert c.post("/v1/specs", json=SEED_SPEC).status_code == 201
+    finally:
+        event.remove(Session, "after_commit", _committed)
+    assert order[:2] == ["commit", "response"], order
