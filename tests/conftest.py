@@ -111,15 +111,18 @@ def worker(service_env: dict[str, str], client: Any,
 
 
 def wait_for_job(http: Any, job_id: str, timeout: float = 180,
-                 until: tuple[str, ...] = ("succeeded", "failed", "cancelled")) -> dict[str, Any]:
+                 until: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+                 min_epoch: int = 0) -> dict[str, Any]:
+    """Poll the job until its status is one of `until` and it has finished `min_epoch` epochs."""
     deadline = time.monotonic() + timeout
     while True:
         job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in until:
+        if job["status"] in until and job["epoch"] >= min_epoch:
             return job
         if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
-        time.sleep(0.2)
+            raise AssertionError(f"job {job_id} still {job['status']} at epoch {job['epoch']} "
+                                 f"after {timeout}s: {job}")
+        time.sleep(0.1)
 
 
 # The tutorial's data: two Gaussian classes of 1000 points each.

@@ -91,14 +91,18 @@ def _weight(value: Any, pointer: str) -> float:
     return float(value)
 
 
+def _check_output_names(value: dict[str, Any], pointer: str, outputs: list[str]) -> None:
+    for key in value:
+        if key not in outputs:
+            raise refuse(pointer_join(pointer, key), f"unknown output '{key}' "
+                                                     f"(outputs: {', '.join(outputs)})")
+
+
 def _per_output(value: Any, pointer: str, outputs: list[str], n_out: int,
                 item: Any) -> Any:
     """One item for all outputs, a list (one per output) or a dict keyed by output name."""
     if isinstance(value, dict) and "class_name" not in value:
-        for key in value:
-            if key not in outputs:
-                raise refuse(pointer_join(pointer, key), f"unknown output '{key}' "
-                                                         f"(outputs: {', '.join(outputs)})")
+        _check_output_names(value, pointer, outputs)
         return {k: item(v, pointer_join(pointer, k)) for k, v in value.items()}
     if isinstance(value, list):
         if len(value) != n_out:
@@ -117,10 +121,7 @@ def _metric_list(value: Any, pointer: str) -> list[Any]:
 
 def _metrics(value: Any, pointer: str, outputs: list[str]) -> Any:
     if isinstance(value, dict) and "class_name" not in value:
-        for key in value:
-            if key not in outputs:
-                raise refuse(pointer_join(pointer, key), f"unknown output '{key}' "
-                                                         f"(outputs: {', '.join(outputs)})")
+        _check_output_names(value, pointer, outputs)
         return {k: _metric_list(v, pointer_join(pointer, k)) for k, v in value.items()}
     if not isinstance(value, list):
         raise refuse(pointer, "expected a list of metrics or {output name: [metrics]}")
