@@ -103,11 +103,3 @@ def finish(job_id: str, status: JobStatus, *, result: dict[str, Any] | None = No
     with session_scope() as s:
         return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
 
-
-def load(job_id: str) -> Job:
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise LookupError(job_id)
-        s.expunge(job)
-        return job

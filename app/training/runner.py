@@ -155,24 +155,26 @@ def _save_version(job: Job, spec_id: str | None, store: ArtifactStore, model: An
                   metrics: dict[str, float], result: dict[str, Any]) -> None:
     """Save `.keras` into a staging folder, then in one transaction take the next version
     number, publish the folder under it and mark the job succeeded."""
-    staging = store.staging_dir()
-    model.save(staging / MODEL_FILE)
     assert job.model_name is not None
-    for _attempt in range(VERSION_RETRIES):
-        try:
-            with session_scope() as s:
-                version = registry.next_version(s, job.owner, job.model_name)
-                key = store.model_key(job.owner, job.model_name, version)
-                registry.add_version(s, job.owner, job.model_name, version, key, metrics,
-                                     job_id=job.id, spec_id=spec_id)
-                store.publish(staging, key)
-                on_rollback(s, lambda k=key: _unpublish(store, k, staging))
-                result = {**result, "metrics": metrics, "model": f"{job.model_name}/{version}"}
-                lifecycle.finish(job.id, JobStatus.succeeded, result=result, session=s,
-                                 model_version=version)
-            return
-        except IntegrityError:  # another job took that version number first; take the next
-            continue
+    # The staging folder is renamed into place on success; whatever is left is removed.
+    with store.staging() as staging:
+        model.save(staging / MODEL_FILE)
+        for _attempt in range(VERSION_RETRIES):
+            try:
+                with session_scope() as s:
+                    version = registry.next_version(s, job.owner, job.model_name)
+                    key = store.model_key(job.owner, job.model_name, version)
+                    registry.add_version(s, job.owner, job.model_name, version, key, metrics,
+                                         job_id=job.id, spec_id=spec_id)
+                    store.publish(staging, key)
+                    on_rollback(s, lambda k=key: _unpublish(store, k, staging))
+                    result = {**result, "metrics": metrics,
+                              "model": f"{job.model_name}/{version}"}
+                    lifecycle.finish(job.id, JobStatus.succeeded, result=result, session=s,
+                                     model_version=version)
+                return
+            except IntegrityError:  # another job took that version number first; take the next
+                continue
     raise RuntimeError(f"could not allocate a version of {job.model_name}")
 
 
