@@ -19,6 +19,7 @@ from app.core.migrate import upgrade
 from app.core.storage import get_store
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
+from app.predict.router import router as predict_router
 from app.registry.router import router as models_router
 from app.specs.router import router as specs_router
 
@@ -42,7 +43,7 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    for router in (specs_router, datasets_router, jobs_router, models_router):
+    for router in (specs_router, datasets_router, jobs_router, models_router, predict_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.conftest import SEED_SPEC, two_classes, upload, wait_for_job
+from tests.helpers import SEED_SPEC, two_classes, upload, wait_for_job
 
 METRICS = {"loss", "binary_accuracy", "val_loss", "val_binary_accuracy"}
 

@@ -51,7 +51,7 @@ def _start_orphan_sweep(**_kwargs: Any) -> None:
 
 
 def _sweep_forever(stale_after_s: float, every_s: float) -> None:
-    from app.training.lifecycle import requeue_stale
+    from app.jobs.state import requeue_stale
 
     while True:
         try:

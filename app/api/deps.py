@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Query
 from sqlalchemy.orm import Session
 
+from app.api.schemas import Page
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.storage import ArtifactStore, get_store
@@ -49,6 +50,10 @@ class PageParams:
                  offset: Annotated[int, Query(ge=0)] = 0) -> None:
         self.limit = limit
         self.offset = offset
+
+    def of(self, items: Sequence[Any], total: int) -> Page[Any]:
+        """This page of a list route's answer."""
+        return Page[Any](items=list(items), total=total, limit=self.limit, offset=self.offset)
 
 
 PageDep = Annotated[PageParams, Depends()]

@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Select, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import get_settings
+from app.core.errors import not_found
+
+RowT = TypeVar("RowT")
 
 
 def make_engine(url: str) -> Engine:
@@ -25,6 +28,17 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine, "savepoint")
+        def _begin_before_savepoint(conn: Any, _name: Any) -> None:
+            # pysqlite only emits BEGIN before DML: a SAVEPOINT issued first would open the
+            # transaction itself, and releasing it would commit everything (see SQLAlchemy's
+            # pysqlite notes). BEGIN IMMEDIATE first makes the savepoint a real nested one, and
+            # takes the write lock before the savepoint reads: a read snapshot taken earlier
+            # could not be upgraded to a write once another writer had committed.
+            dbapi_conn = conn.connection.dbapi_connection
+            if not dbapi_conn.in_transaction:
+                dbapi_conn.execute("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -48,9 +62,20 @@ def paginate(session: Session, query: Select[Any], order_by: tuple[Any, ...], li
     return list(rows), total
 
 
+def get_owned(session: Session, table: type[RowT], owner: str, ident: str, kind: str) -> RowT:
+    """The row `ident` of `table` if it belongs to `owner`; otherwise 404, exactly as if it did
+    not exist (a caller never learns that another owner's id is taken)."""
+    row = session.get(table, ident)
+    if row is None or getattr(row, "owner", None) != owner:
+        raise not_found(kind, ident)
+    return row
+
+
 @contextmanager
 def session_scope() -> Iterator[Session]:
-    """A unit of work: commits on success, rolls back on error."""
+    """A unit of work: commits on success, rolls back on error. What was registered with
+    `on_commit` runs once the commit is complete; if it raises, the error reaches the caller
+    (the data is committed by then)."""
     session = get_sessionmaker()()
     try:
         yield session
@@ -60,6 +85,8 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+    for callback in session.info.pop("committed", []):
+        callback()
 
 
 def on_commit(session: Session, callback: Any) -> None:
@@ -73,15 +100,22 @@ def on_rollback(session: Session, callback: Any) -> None:
     session.info.setdefault("after_rollback", []).append(callback)
 
 
+# Both events also fire when a SAVEPOINT is released or rolled back; the callbacks belong to the
+# outermost transaction.
 @event.listens_for(Session, "after_commit")
-def _run_after_commit(session: Session) -> None:
+def _collect_after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return
     session.info.pop("after_rollback", None)
-    for callback in session.info.pop("after_commit", []):
-        callback()
+    # Run by session_scope once commit() has returned: a callback that raises inside the commit
+    # would leave the session unable to roll back or close cleanly.
+    session.info.setdefault("committed", []).extend(session.info.pop("after_commit", []))
 
 
 @event.listens_for(Session, "after_rollback")
 def _run_after_rollback(session: Session) -> None:
+    if session.in_nested_transaction():
+        return
     session.info.pop("after_commit", None)
     for callback in session.info.pop("after_rollback", []):
         callback()

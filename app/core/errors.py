@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,3 +59,14 @@ def bad_request(detail: str, errors: list[FieldError] | None = None) -> DomainEr
 def unsupported_media(detail: str) -> DomainError:
     return DomainError(415, "Unsupported media type", detail,
                        type="/problems/unsupported-media-type")
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' — did you mean 'X'?' for the closest choice (case-insensitive as a fallback), or ''."""
+    options = sorted(choices)
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in options}
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=1,
+                                                                cutoff=0.6)]
+    return f" — did you mean '{close[0]}'?" if close else ""

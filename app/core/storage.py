@@ -12,6 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+# The layout of a model version's folder: everything a version holds is named here.
+MODEL_FILE = "model.keras"
+
 
 @dataclass
 class ReceivedFile:
@@ -76,6 +79,11 @@ class ArtifactStore:
     @staticmethod
     def model_key(owner: str, name: str, version: int) -> str:
         return f"models/{owner}/{name}/{version}"
+
+    @staticmethod
+    def model_file(folder: Path) -> Path:
+        """The `.keras` file inside a version's folder (published or still staged)."""
+        return folder / MODEL_FILE
 
     @staticmethod
     def checkpoint_key(job_id: str) -> str:

@@ -37,8 +37,7 @@ def list_datasets(
     page: PageDep,
 ) -> Page[DatasetRead]:
     rows, total = service.list_(session, caller.owner, page.limit, page.offset)
-    return Page[DatasetRead](items=[DatasetRead.model_validate(r) for r in rows], total=total,
-                             limit=page.limit, offset=page.offset)
+    return page.of([DatasetRead.model_validate(r) for r in rows], total)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead)

@@ -7,12 +7,12 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.core.db import on_commit, on_rollback, paginate
-from app.core.errors import FieldError, conflict, invalid, not_found
+from app.core.db import get_owned, on_commit, on_rollback, paginate
+from app.core.errors import FieldError, conflict, invalid
 from app.core.storage import ArtifactStore, ReceivedFile
 from app.datasets.ingest import ingest
-from app.models import Dataset, Job, JobStatus
-from app.models.base import new_id
+from app.tables import Dataset, Job, JobStatus
+from app.tables.base import new_id
 
 
 def create(session: Session, store: ArtifactStore, owner: str, staging: Path,
@@ -40,10 +40,7 @@ def create(session: Session, store: ArtifactStore, owner: str, staging: Path,
 
 
 def get(session: Session, owner: str, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.owner != owner:
-        raise not_found("Dataset", dataset_id)
-    return dataset
+    return get_owned(session, Dataset, owner, dataset_id, "Dataset")
 
 
 def list_(session: Session, owner: str, limit: int, offset: int) -> tuple[list[Dataset], int]:

@@ -8,7 +8,7 @@ from app.api.deps import CallerDep, PageDep, SessionDep
 from app.api.schemas import Page
 from app.jobs import service
 from app.jobs.schemas import JobCreate, JobRead
-from app.models import JobStatus
+from app.tables import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -20,12 +20,9 @@ FIT_EXAMPLE = {"type": "fit", "spec_id": "spec_...", "dataset_id": "ds_...", "x"
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead)
 def create_job(caller: CallerDep, session: SessionDep, response: Response,
                body: Annotated[JobCreate, Body(examples=[FIT_EXAMPLE])]) -> JobRead:
-    """Queue a fit or evaluate job; a worker picks it up once this request has committed."""
+    """Queue a fit or evaluate job; it is sent to a worker once this request has committed (a
+    broker that cannot take it makes this answer 503)."""
     job = service.create(session, caller.owner, body)
-    # Commit here rather than when the request ends: the job is enqueued once its row is
-    # durable, and a broker failure must still become this request's answer (503).
-    session.commit()
-    service.enqueue(job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return service.read(session, job)
 
@@ -37,8 +34,7 @@ def list_jobs(
 ) -> Page[JobRead]:
     """Jobs, newest first."""
     rows, total = service.list_(session, caller.owner, status, page.limit, page.offset)
-    return Page[JobRead](items=[service.read(session, j) for j in rows], total=total,
-                         limit=page.limit, offset=page.offset)
+    return page.of([service.read(session, j) for j in rows], total)
 
 
 @router.get("/{job_id}", response_model=JobRead)

@@ -3,20 +3,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from app.models import JobStatus, JobType
+from app.core.errors import DomainError
+from app.registry.schemas import MODEL_NAME_PATTERN, MODEL_REF_PATTERN
+from app.tables import JobStatus, JobType
 
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 ARRAY_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$"
 
 # Which dataset arrays feed the model: one array, several 1-D/2-D arrays stacked as columns
 # (e.g. CSV columns), or a mapping from model input/output name to either of those.
 ArrayName = Annotated[str, Field(pattern=ARRAY_NAME_PATTERN)]
 ArraySelector = ArrayName | list[ArrayName] | dict[str, ArrayName | list[ArrayName]]
-
-
-MODEL_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(/[1-9][0-9]*)?$"
 
 
 class CallbackSpec(BaseModel):
@@ -29,7 +27,7 @@ class CallbackSpec(BaseModel):
     type: str
 
 
-class KeepBest(BaseModel):
+class KeepBestOptions(BaseModel):
     """Save the weights of the best epoch by `monitor` instead of the last epoch's."""
 
     model_config = ConfigDict(extra="forbid")
@@ -65,7 +63,7 @@ class FitJobCreate(BaseModel):
     deterministic: bool = Field(False, description="TensorFlow op determinism (slower).")
     callbacks: list[CallbackSpec] = Field(default_factory=list)
     terminate_on_nan: bool = True
-    keep_best: KeepBest | None = None
+    keep_best: KeepBestOptions | None = None
     input: Literal["auto", "memory", "stream"] = Field(
         "auto", description="'memory' loads the arrays; 'stream' feeds batches from the "
         "memory-mapped arrays through tf.data; 'auto' streams above KJ_STREAM_THRESHOLD_BYTES.")
@@ -87,6 +85,33 @@ class EvaluateJobCreate(BaseModel):
 
 
 JobCreate = Annotated[FitJobCreate | EvaluateJobCreate, Field(discriminator="type")]
+
+
+class FitJobParams(FitJobCreate):
+    """A fit job as its worker reads it from `Job.params`: the request, plus what the service
+    resolved when it was accepted."""
+
+    from_model_version_id: str | None = None
+
+
+class EvaluateJobParams(EvaluateJobCreate):
+    model_version_id: str
+
+
+JobParams = FitJobParams | EvaluateJobParams
+_PARAMS: TypeAdapter[JobParams] = TypeAdapter(
+    Annotated[JobParams, Field(discriminator="type")])
+
+
+def parse_params(raw: dict[str, Any]) -> JobParams:
+    """`Job.params` validated with the models the API used; a row that no longer fits them
+    (written by an older release) fails its job with the reason."""
+    try:
+        return _PARAMS.validate_python(raw)
+    except ValidationError as exc:
+        raise DomainError(422, "Job parameters invalid", "This job's stored parameters no "
+                          f"longer match what a job takes; submit it again. {exc}",
+                          type="/problems/invalid-input") from exc
 
 
 class JobRead(BaseModel):

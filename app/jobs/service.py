@@ -5,19 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.broker import enqueue_job
-from app.core.db import paginate, session_scope
-from app.core.errors import DomainError, FieldError, conflict, invalid, not_found
+from app.core.db import get_owned, paginate
+from app.core.errors import DomainError, FieldError, invalid
 from app.datasets import service as datasets
-from app.jobs.schemas import EvaluateJobCreate, FitJobCreate, JobRead
-from app.models import Dataset, Job, JobEpoch, JobStatus, JobType
-from app.models.base import utcnow
+from app.jobs import callback_specs, state
+from app.jobs.schemas import (
+    EvaluateJobCreate,
+    EvaluateJobParams,
+    FitJobCreate,
+    FitJobParams,
+    JobRead,
+)
 from app.registry import service as registry
 from app.specs import service as specs
-from app.training import callback_specs
+from app.tables import Dataset, Job, JobEpoch, JobStatus, JobType
 
 
 def _check_selector(dataset: Dataset, selector: Any, pointer: str) -> None:
@@ -41,37 +45,20 @@ def create(session: Session, owner: str, body: FitJobCreate | EvaluateJobCreate)
     dataset = _dataset(session, owner, body.dataset_id, "/dataset_id")
     _check_selector(dataset, body.x, "/x")
     _check_selector(dataset, body.y, "/y")
-    params = body.model_dump(mode="json")
     if isinstance(body, FitJobCreate):
-        job = _fit_job(session, owner, body, dataset, params)
+        job = _fit_job(session, owner, body, dataset)
     else:
         found = _model_ref(session, owner, body.model, "/model")
-        params["model_version_id"] = found.id
-        job = Job(owner=owner, type=JobType.evaluate, params=params, dataset_id=dataset.id,
-                  model_name=found.name, model_version=found.version)
+        params = EvaluateJobParams(**body.model_dump(), model_version_id=found.id)
+        job = Job(owner=owner, type=JobType.evaluate, params=params.model_dump(mode="json"),
+                  dataset_id=dataset.id, model_name=found.name, model_version=found.version)
     session.add(job)
     session.flush()
+    state.enqueue_after_commit(session, job.id)
     return job
 
 
-def enqueue(job_id: str) -> None:
-    """Hand a committed job to the broker (never before its row is durable, or a worker could
-    look for it too early). If the broker cannot take it, the job must not sit queued forever:
-    it is marked failed and the caller gets a 503."""
-    try:
-        enqueue_job(job_id)
-    except Exception as exc:
-        with session_scope() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
-                      .values(status=JobStatus.failed, finished_at=utcnow(),
-                              error=f"could not be queued: {exc}"))
-        raise DomainError(503, "Broker unavailable", f"Job {job_id} could not be queued: the "
-                          "broker is unreachable. It was recorded as failed; submit it again "
-                          "once the broker is back.", type="/problems/broker-unavailable") from exc
-
-
-def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset,
-             params: dict[str, Any]) -> Job:
+def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset) -> Job:
     if (body.spec_id is None) == (body.from_model is None):
         raise invalid("Give exactly one of spec_id (train a spec from scratch) or from_model "
                       "(fine-tune a saved version).",
@@ -93,7 +80,9 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset,
         if bad:
             raise invalid("class_weight keys are class indices.",
                           [FieldError(f"/class_weight/{bad[0]}", "expected an integer key")])
-    callback_specs.build(params["callbacks"])  # refuses unknown callbacks and bad arguments
+    # Refuses unknown callbacks and bad arguments.
+    callback_specs.build([c.model_dump() for c in body.callbacks])
+    start_id = None
     if body.spec_id is not None:
         spec = _spec(session, owner, body.spec_id)
         _check_inputs(spec.spec.get("inputs"), dataset, body.x)
@@ -101,9 +90,10 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset,
     else:
         assert body.from_model is not None
         start = _model_ref(session, owner, body.from_model, "/from_model")
-        params["from_model_version_id"] = start.id
-        name, spec_id = body.model_name or start.name, start.spec_id
-    return Job(owner=owner, type=JobType.fit, params=params, spec_id=spec_id,
+        name, spec_id, start_id = body.model_name or start.name, start.spec_id, start.id
+    params = FitJobParams(**body.model_dump(), from_model_version_id=start_id)
+    return Job(owner=owner, type=JobType.fit, params=params.model_dump(mode="json"),
+               spec_id=spec_id,
                dataset_id=dataset.id, model_name=name, epochs=body.epochs)
 
 
@@ -168,10 +158,7 @@ def _spec(session: Session, owner: str, spec_id: str) -> Any:
 
 
 def get(session: Session, owner: str, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.owner != owner:
-        raise not_found("Job", job_id)
-    return job
+    return get_owned(session, Job, owner, job_id, "Job")
 
 
 def history(session: Session, job_id: str) -> dict[str, list[float | None]]:
@@ -208,24 +195,6 @@ def list_(session: Session, owner: str, status: JobStatus | None, limit: int, of
 
 
 def cancel(session: Session, owner: str, job_id: str) -> Job:
-    """A queued job is cancelled at once (the worker skips it); a running one is flagged and
-    stops at its next batch boundary."""
     job = get(session, owner, job_id)
-    now = utcnow()
-    done = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(status=JobStatus.cancelled, cancel_requested=True, cancel_requested_at=now,
-                finished_at=now)
-    ).rowcount  # type: ignore[attr-defined]
-    if not done:
-        flagged = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == JobStatus.running)
-            .values(cancel_requested=True, cancel_requested_at=func.coalesce(
-                Job.cancel_requested_at, now))
-        ).rowcount  # type: ignore[attr-defined]
-        if not flagged:
-            session.refresh(job)
-            raise conflict(f"Job {job_id} has already ended ({job.status.value}); "
-                           "only queued or running jobs can be cancelled.")
-    session.refresh(job)
+    state.request_cancel(session, job)
     return job

@@ -1,9 +1,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict
+
+# A model name, and a reference to one of its versions: 'name' (the latest) or 'name/3'.
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+MODEL_NAME_PATTERN = rf"^{_NAME}$"
+MODEL_REF_PATTERN = rf"^{_NAME}(/[1-9][0-9]*)?$"
+MAX_VERSION = 2**31 - 1  # the version column is a 32-bit integer
+
+NameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
+VersionParam = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 
 
 class ModelVersionRead(BaseModel):

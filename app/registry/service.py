@@ -1,14 +1,24 @@
-"""Model registry: named models whose versions are saved `.keras` files."""
+"""Model registry: named models whose versions are saved `.keras` files.
+
+`publish_version` is the one way a version comes to be, for a finished fit job and for an
+uploaded file alike."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.errors import not_found
-from app.models import ModelVersion
+from app.core.db import on_rollback
+from app.core.errors import conflict, not_found
+from app.core.storage import ArtifactStore
+from app.tables import ModelVersion
+
+# Attempts at taking the next version number when concurrent publishers keep taking it first.
+VERSION_ATTEMPTS = 8
 
 
 def resolve(session: Session, owner: str, name: str, version: int | None) -> ModelVersion:
@@ -23,20 +33,41 @@ def resolve(session: Session, owner: str, name: str, version: int | None) -> Mod
     return found
 
 
-def next_version(session: Session, owner: str, name: str) -> int:
+def get_version(session: Session, version_id: str) -> ModelVersion | None:
+    return session.get(ModelVersion, version_id)
+
+
+def _next_version(session: Session, owner: str, name: str) -> int:
     current = session.scalar(select(func.max(ModelVersion.version))
                              .where(ModelVersion.owner == owner, ModelVersion.name == name))
     return (current or 0) + 1
 
 
-def add_version(session: Session, owner: str, name: str, version: int, artifact_key: str,
-                metrics: dict[str, Any], job_id: str | None = None,
-                spec_id: str | None = None) -> ModelVersion:
-    mv = ModelVersion(owner=owner, name=name, version=version, artifact_key=artifact_key,
-                      metrics=metrics, job_id=job_id, spec_id=spec_id)
-    session.add(mv)
-    session.flush()
-    return mv
+def publish_version(session: Session, store: ArtifactStore, owner: str, name: str,
+                    staging: Path, *, metrics: dict[str, Any] | None = None,
+                    job_id: str | None = None, spec_id: str | None = None) -> ModelVersion:
+    """Record version n+1 of `name` in `session`'s transaction and move the `staging` folder
+    into place as its artifact.
+
+    Each attempt runs in a SAVEPOINT: when a concurrent publisher commits the same number first,
+    only that attempt is undone and the next number is tried; the caller's other work in the
+    transaction stays. The folder is published once the row is in; if the transaction then
+    rolls back, the folder is removed with it."""
+    for _attempt in range(VERSION_ATTEMPTS):
+        try:
+            with session.begin_nested():
+                version = _next_version(session, owner, name)
+                key = store.model_key(owner, name, version)
+                mv = ModelVersion(owner=owner, name=name, version=version, artifact_key=key,
+                                  metrics=metrics or {}, job_id=job_id, spec_id=spec_id)
+                session.add(mv)
+        except IntegrityError:  # another publisher took that number first; take the next
+            continue
+        store.publish(staging, key)
+        on_rollback(session, lambda k=key: store.delete(k))
+        return mv
+    raise conflict(f"Could not take a version number of {name}: too many concurrent "
+                   "publishers; retry.")
 
 
 def list_models(session: Session, owner: str, limit: int, offset: int

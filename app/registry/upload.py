@@ -20,14 +20,12 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.db import on_rollback
 from app.core.errors import DomainError, FieldError, invalid
 from app.core.storage import ArtifactStore, ReceivedFile
-from app.models import ModelVersion
 from app.registry import service as registry
+from app.tables import ModelVersion
 
 MAX_CONFIG_BYTES = 16 << 20
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -35,16 +33,14 @@ HDF5_SUFFIXES = (".h5", ".hdf5")
 CONFIG_NAME = "config.json"
 FILE_POINTER = "/file"
 CONFIG_POINTER = "/file/config.json"
-VERSION_RETRIES = 5
 MAX_DETAIL = 1000
 
 
 def create(session: Session, store: ArtifactStore, owner: str, name: str, staging: Path,
            upload: ReceivedFile) -> ModelVersion:
-    """Check the upload (received as `staging`/model.keras), add version n+1 of `name` and
-    publish the staging folder as its artifact. On a version-number clash the session is rolled
-    back and the next number tried, so call this on a session that holds no other work. The
-    caller removes `staging`; a failure here publishes nothing: no row, no file."""
+    """Check the upload (received as `staging`/model.keras), then publish the staging folder as
+    version n+1 of `name`. The caller removes `staging`; a failure here publishes nothing: no
+    row, no file."""
     if upload.filename.lower().endswith(HDF5_SUFFIXES):
         raise _hdf5_refused()
     path = upload.path
@@ -53,11 +49,7 @@ def create(session: Session, store: ArtifactStore, owner: str, name: str, stagin
             raise _hdf5_refused()
     config = read_config(path)
     _load_checked(path, config)
-    mv = _record(session, store, owner, name, staging)
-    key = mv.artifact_key
-    # If the request's commit fails later, the published folder must go too.
-    on_rollback(session, lambda: store.delete(key))
-    return mv
+    return registry.publish_version(session, store, owner, name, staging)
 
 
 def _hdf5_refused() -> DomainError:
@@ -125,19 +117,3 @@ def _load_checked(path: Path, config: dict[str, Any]) -> None:
         if compile_config or compile_config not in (None, {}):
             # Keras compiles on load only when it is truthy; `{}`/null mean "not compiled".
             check_compile_config(model, compile_config, f"{CONFIG_POINTER}/compile_config")
-
-
-def _record(session: Session, store: ArtifactStore, owner: str, name: str,
-            staging: Path) -> ModelVersion:
-    for _attempt in range(VERSION_RETRIES):
-        version = registry.next_version(session, owner, name)
-        key = store.model_key(owner, name, version)
-        try:
-            mv = registry.add_version(session, owner, name, version, key, {})
-        except IntegrityError:  # another request or job took that number first; take the next
-            session.rollback()
-            continue
-        store.publish(staging, key)
-        return mv
-    raise DomainError(409, "Conflict", f"Could not allocate a version of {name}: too many "
-                      "concurrent writers; retry.", type="/problems/conflict")

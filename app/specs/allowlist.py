@@ -7,7 +7,6 @@ security or usability decision. A name that is not in an allowlist is never hand
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass
 from types import ModuleType
@@ -21,7 +20,7 @@ from keras.src import losses as _losses
 from keras.src import metrics as _metrics
 from keras.src import regularizers as _regularizers
 
-from app.core.errors import FieldError, invalid
+from app.core.errors import FieldError, did_you_mean, invalid
 
 Category = Literal[
     "layer", "cell", "initializer", "regularizer", "constraint", "activation",
@@ -172,15 +171,6 @@ def allowed_layers() -> dict[str, type[Any]]:
     return dict(REGISTRIES["layer"].classes)
 
 
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
-        close = [lowered[c] for c in close]
-    return f" — did you mean '{close[0]}'?" if close else ""
-
-
 def refuse(pointer: str, detail: str) -> Exception:
     return invalid(detail, [FieldError(pointer, detail)])
 
@@ -202,7 +192,7 @@ def resolve_class(category: Category, name: Any, pointer: str) -> type[Any]:
     reason = _denied_reason(name)
     if reason:
         raise refuse(pointer, f"{noun} '{name}' is not allowed: {reason}")
-    raise refuse(pointer, f"unknown {noun} '{name}'{_suggest(name, sorted(reg.classes))}")
+    raise refuse(pointer, f"unknown {noun} '{name}'{did_you_mean(name, sorted(reg.classes))}")
 
 
 def resolve_string(category: Category, name: str, pointer: str) -> str:
@@ -215,7 +205,7 @@ def resolve_string(category: Category, name: str, pointer: str) -> str:
     if reason:
         raise refuse(pointer, f"{NOUNS[category]} '{name}' is not allowed: {reason}")
     choices = sorted(reg.strings) or sorted(reg.classes)
-    raise refuse(pointer, f"unknown {NOUNS[category]} '{name}'{_suggest(key, choices)}")
+    raise refuse(pointer, f"unknown {NOUNS[category]} '{name}'{did_you_mean(key, choices)}")
 
 
 def category_of(name: str, categories: tuple[Category, ...]) -> Category | None:

@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app.core.errors import did_you_mean
 from app.specs.allowlist import refuse, resolve_class
 from app.specs.compiler import compile_model
 from app.specs.construct import check_kwargs, first_line, instantiate, pointer_join
@@ -194,9 +195,7 @@ def _calls(raw: Any, ptr: str, input_names: set[str], seen: dict[str, int],
                 raise refuse(rptr, "expected a layer or input name")
             base = ref.split(":", 1)[0]
             if base not in input_names and base not in seen:
-                import difflib
-                close = difflib.get_close_matches(base, sorted(input_names | set(seen)), n=1)
-                hint = f" — did you mean '{close[0]}'?" if close else ""
+                hint = did_you_mean(base, input_names | set(seen))
                 raise refuse(rptr, f"unknown input or layer '{base}'{hint}")
             if base in seen and seen[base] >= index:
                 raise refuse(rptr, f"'{base}' is this layer or a later one: a layer may only "
@@ -305,11 +304,8 @@ def _ref(ref: Any, ptr: str, produced: dict[str, list[Any]], inputs_ok: bool = T
         raise refuse(ptr, "expected a layer name (optionally 'name:n' for the n-th call)")
     base, _, idx = ref.partition(":")
     if base not in produced or (not inputs_ok and inputs and base in inputs):
-        import difflib
-        choices = sorted(k for k in produced if inputs_ok or not inputs or k not in inputs)
-        close = difflib.get_close_matches(base, choices, n=1)
-        hint = f" — did you mean '{close[0]}'?" if close else ""
-        raise refuse(ptr, f"unknown layer '{base}'{hint}")
+        choices = [k for k in produced if inputs_ok or not inputs or k not in inputs]
+        raise refuse(ptr, f"unknown layer '{base}'{did_you_mean(base, choices)}")
     calls = produced[base]
     if not idx:
         return calls[-1]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from typing import Any
 
+from app.core.errors import did_you_mean
 from app.specs.allowlist import DATA_MARKERS, MODULES, REGISTRIES, SPEC_CATEGORIES, refuse
 
 # Past these bases, __init__ signatures are generic (*args, **kwargs) and say nothing.
@@ -43,10 +43,8 @@ def check_kwargs(cls: type[Any], kwargs: dict[str, Any], pointer: str, what: str
     accepted, required = constructor_params(cls)
     for key in kwargs:
         if key not in accepted:
-            close = difflib.get_close_matches(key, sorted(accepted), n=1)
-            hint = f" — did you mean '{close[0]}'?" if close else ""
-            raise refuse(pointer_join(pointer, key),
-                         f"{what} ({cls.__name__}) has no argument '{key}'{hint}")
+            raise refuse(pointer_join(pointer, key), f"{what} ({cls.__name__}) has no argument "
+                         f"'{key}'{did_you_mean(key, accepted)}")
     missing = sorted(required - kwargs.keys())
     if missing:
         raise refuse(pointer, f"{what} ({cls.__name__}) is missing required argument "
@@ -88,7 +86,7 @@ def _is_object(value: Any) -> bool:
     return isinstance(value, dict) and "class_name" in value
 
 
-def materialize(value: Any, pointer: str = "") -> Any:
+def build_object(value: Any, pointer: str = "") -> Any:
     """Construct a normalized nested object (or list of them) through its constructor.
 
     Constructors (unlike Keras's from_config) accept partial configs such as
@@ -96,7 +94,7 @@ def materialize(value: Any, pointer: str = "") -> Any:
     as hand-written Keras code would build them.
     """
     if isinstance(value, list):
-        return [materialize(v, pointer_join(pointer, i)) for i, v in enumerate(value)]
+        return [build_object(v, pointer_join(pointer, i)) for i, v in enumerate(value)]
     if not _is_object(value):
         return value
     name = value["class_name"]
@@ -108,7 +106,7 @@ def materialize(value: Any, pointer: str = "") -> Any:
                     if MODULES[c][0] == value["module"] and name in REGISTRIES[c].classes)
     cls = REGISTRIES[category].classes[name]
     cfg_ptr = pointer_join(pointer, "config")
-    kwargs = {k: materialize(v, pointer_join(cfg_ptr, k)) for k, v in value["config"].items()}
+    kwargs = {k: build_object(v, pointer_join(cfg_ptr, k)) for k, v in value["config"].items()}
     try:
         return cls(**kwargs)
     except Exception as exc:  # the user's nested config: point at it, not at its owner
@@ -122,7 +120,7 @@ def instantiate(cls: type[Any], config: dict[str, Any], pointer: str, what: str)
     `config` must already be checked and normalized (keras_config.normalize), so every
     nested class_name is an allowlisted built-in.
     """
-    kwargs = {k: materialize(v, pointer_join(pointer, k)) for k, v in config.items()}
+    kwargs = {k: build_object(v, pointer_join(pointer, k)) for k, v in config.items()}
     try:
         return cls(**kwargs)
     except Exception as exc:  # any failure here is caused by the user-supplied config

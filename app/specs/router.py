@@ -29,8 +29,7 @@ def list_specs(
     page: PageDep,
 ) -> Page[SpecListItem]:
     rows, total = service.list_(session, caller.owner, page.limit, page.offset)
-    return Page[SpecListItem](items=[SpecListItem.model_validate(r) for r in rows], total=total,
-                              limit=page.limit, offset=page.offset)
+    return page.of([SpecListItem.model_validate(r) for r in rows], total)
 
 
 @router.get("/{spec_id}", response_model=SpecRead)

@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.db import paginate
-from app.core.errors import FieldError, invalid, not_found
-from app.models import Spec
+from app.core.db import get_owned, paginate
+from app.core.errors import FieldError, invalid
+from app.tables import Spec
 
 # Building touches Keras's process-wide state (name counters, the default seed generator); one
 # build at a time keeps concurrent requests from interleaving there.
@@ -38,10 +38,7 @@ def create(session: Session, owner: str, body: dict[str, Any]) -> Spec:
 
 
 def get(session: Session, owner: str, spec_id: str) -> Spec:
-    spec = session.get(Spec, spec_id)
-    if spec is None or spec.owner != owner:
-        raise not_found("Spec", spec_id)
-    return spec
+    return get_owned(session, Spec, owner, spec_id, "Spec")
 
 
 def list_(session: Session, owner: str, limit: int, offset: int) -> tuple[list[Spec], int]:

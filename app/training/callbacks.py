@@ -8,7 +8,7 @@ from typing import Any
 
 import keras
 
-from app.training import lifecycle
+from app.jobs import state
 
 
 def clean_logs(logs: dict[str, Any] | None) -> dict[str, float | None]:
@@ -30,7 +30,7 @@ class RecordEpochs(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.last = clean_logs(logs)
-        lifecycle.record_epoch(self.job_id, epoch, self.last)
+        state.record_epoch(self.job_id, epoch, self.last)
 
 
 class CancelOnFlag(keras.callbacks.Callback):  # type: ignore[misc]

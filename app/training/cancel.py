@@ -14,8 +14,8 @@ import os
 import threading
 import time
 
-from app.models import JobStatus
-from app.training import lifecycle
+from app.jobs import state
+from app.tables import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,10 @@ class CancelWatcher:
         last_beat = time.monotonic()
         while not self._stop.wait(self.poll_s):
             try:
-                if lifecycle.cancel_requested(self.job_id):
+                if state.cancel_requested(self.job_id):
                     break
                 if time.monotonic() - last_beat >= self.heartbeat_s:
-                    lifecycle.heartbeat(self.job_id)
+                    state.heartbeat(self.job_id)
                     last_beat = time.monotonic()
             except Exception:  # a database hiccup must not kill training
                 log.warning("cancel poll failed for %s", self.job_id, exc_info=True)
@@ -56,6 +56,6 @@ class CancelWatcher:
             return
         log.error("job %s did not stop within %.0fs of cancel; ending its process",
                   self.job_id, self.grace_s)
-        lifecycle.finish(self.job_id, JobStatus.cancelled,
+        state.finish(self.job_id, JobStatus.cancelled,
                          error=f"did not stop within {self.grace_s:.0f}s; process ended")
         os._exit(1)

@@ -9,7 +9,7 @@ import numpy as np
 
 from app.core.errors import FieldError, invalid
 from app.core.storage import ArtifactStore
-from app.models import Dataset
+from app.tables import Dataset
 
 Arrays = dict[str, np.ndarray]
 Selected = np.ndarray | dict[str, np.ndarray]
@@ -69,7 +69,7 @@ def rows(data: Selected) -> int:
     return len(data)
 
 
-def materialize(data: Selected) -> Selected:
+def in_memory(data: Selected) -> Selected:
     """Plain in-memory arrays (Keras converts array inputs to tensors whole)."""
     if isinstance(data, dict):
         return {k: np.asarray(v) for k, v in data.items()}

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from app.jobs.schemas import FitJobParams
 from app.training import data, stream
 
 
@@ -22,25 +23,25 @@ class FitInputs:
     streaming: bool
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], arrays: data.Arrays,
+    def from_params(cls, params: FitJobParams, arrays: data.Arrays,
                     validation_arrays: data.Arrays | None, seed: int,
                     stream_threshold_bytes: int) -> FitInputs:
-        x = data.select(arrays, params["x"], "/x")
-        y = data.select(arrays, params["y"], "/y")
-        sw = (data.select(arrays, params["sample_weight"], "/sample_weight")
-              if params.get("sample_weight") else None)
+        x = data.select(arrays, params.x, "/x")
+        y = data.select(arrays, params.y, "/y")
+        sw = (data.select(arrays, params.sample_weight, "/sample_weight")
+              if params.sample_weight else None)
         assert sw is None or isinstance(sw, np.ndarray)
         train_rows = np.arange(data.rows(x))
         validation = None
-        if params.get("validation_split"):
-            train_rows, val_rows = data.split_index(len(train_rows),
-                                                    params["validation_split"], seed)
+        if params.validation_split:
+            train_rows, val_rows = data.split_index(len(train_rows), params.validation_split,
+                                                    seed)
             validation = (x, y, val_rows)
         elif validation_arrays is not None:
-            xv = data.select(validation_arrays, params["x"], "/x")
-            validation = (xv, data.select(validation_arrays, params["y"], "/y"),
+            xv = data.select(validation_arrays, params.x, "/x")
+            validation = (xv, data.select(validation_arrays, params.y, "/y"),
                           np.arange(data.rows(xv)))
-        mode = params.get("input", "auto")
+        mode = params.input
         size = stream.nbytes(x, y, *([sw] if sw is not None else []))
         streaming = mode == "stream" or (mode == "auto" and size > stream_threshold_bytes)
         return cls(x, y, sw, train_rows, validation, streaming)
@@ -49,7 +50,7 @@ class FitInputs:
         """The training rows of x, as adapt() should read them."""
         if self.streaming:
             return stream.per_input(self.x, self.train_rows)
-        return data.materialize(data.take(self.x, self.train_rows))
+        return data.in_memory(data.take(self.x, self.train_rows))
 
     def fit(self, model: Any, *, batch_size: int, shuffle: bool, seed: int,
             **fit_kwargs: Any) -> None:
@@ -65,7 +66,7 @@ class FitInputs:
             return
 
         def rows(selected: Any, index: np.ndarray) -> Any:
-            return data.materialize(data.take(selected, index))
+            return data.in_memory(data.take(selected, index))
 
         val = self.validation
         model.fit(rows(self.x, self.train_rows), rows(self.y, self.train_rows),

@@ -17,21 +17,19 @@ import secrets
 import shutil
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
 from app.core.config import get_settings
-from app.core.db import on_rollback, session_scope
+from app.core.db import session_scope
 from app.core.errors import DomainError
 from app.core.storage import ArtifactStore, get_store
-from app.models import Dataset, Job, JobStatus, JobType, ModelVersion, Spec
-from app.predict.service import MODEL_FILE
+from app.jobs import state
+from app.jobs.schemas import EvaluateJobParams, FitJobParams, parse_params
 from app.registry import service as registry
-from app.training import data, lifecycle
+from app.tables import Dataset, Job, JobStatus, Spec
+from app.training import data
 from app.training.cancel import CancelWatcher
 from app.training.fit_inputs import FitInputs
 
 log = logging.getLogger(__name__)
-VERSION_RETRIES = 5
 
 
 class Cancelled(Exception):
@@ -40,7 +38,7 @@ class Cancelled(Exception):
 
 def run_job(job_id: str, redelivered: bool = False) -> None:
     settings = get_settings()
-    job = lifecycle.claim(job_id, redelivered, settings.stale_after_s)
+    job = state.claim(job_id, redelivered, settings.stale_after_s)
     if job is None:
         log.info("job %s skipped (not queued, or running in a live process)", job_id)
         return
@@ -48,65 +46,66 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
     with CancelWatcher(job_id, settings.cancel_poll_s, settings.cancel_grace_s,
                        settings.heartbeat_s) as watcher:
         try:
-            if job.type == JobType.fit:
-                _fit(job, store, watcher)
+            params = parse_params(job.params)
+            if isinstance(params, FitJobParams):
+                _fit(job, params, store, watcher)
             else:
-                _evaluate(job, store, watcher)
+                _evaluate(job, params, store, watcher)
         except Cancelled:
-            lifecycle.finish(job_id, JobStatus.cancelled, error="cancelled by request")
+            state.finish(job_id, JobStatus.cancelled, error="cancelled by request")
         except DomainError as exc:
-            lifecycle.finish(job_id, JobStatus.failed, error=str(exc))
+            state.finish(job_id, JobStatus.failed, error=str(exc))
         except Exception as exc:
             log.exception("job %s failed", job_id)
-            lifecycle.finish(job_id, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
+            state.finish(job_id, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
 
 
-def _fit(job: Job, store: ArtifactStore, watcher: CancelWatcher) -> None:
+def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher) -> None:
     import keras
     import tensorflow as tf
 
+    from app.jobs import callback_specs
     from app.specs.builder import adapt_layers, build_compiled
     from app.specs.model_info import needs_adapting
-    from app.training import callback_specs
     from app.training.callbacks import CancelOnFlag, KeepBest, RecordEpochs, StopOnNaN
 
-    p = job.params
-    seed = p.get("seed")
+    seed = p.seed
     if seed is None:  # record the seed actually used, so any run can be repeated
         seed = secrets.randbelow(2**31)
-    if p.get("deterministic"):
+    if p.deterministic:
         tf.config.experimental.enable_op_determinism()
-    spec_body = _spec_body(job) if p.get("spec_id") else None
+    spec_body = _spec_body(p.spec_id) if p.spec_id else None
     assert job.dataset_id is not None
     inputs = FitInputs.from_params(
         p, _arrays(job.dataset_id, store),
-        _arrays(p["validation_dataset_id"], store) if p.get("validation_dataset_id") else None,
+        _arrays(p.validation_dataset_id, store) if p.validation_dataset_id else None,
         seed, get_settings().stream_threshold_bytes)
 
     keras.utils.set_random_seed(seed)
     if spec_body is not None:
         model = build_compiled(spec_body)
     else:
-        model = _load_version(p["from_model_version_id"], store, compile=True)
+        assert p.from_model_version_id is not None
+        model = _load_version(p.from_model_version_id, store, compile=True)
     recorder = RecordEpochs(job.id)
     canceller = CancelOnFlag(watcher.requested)
     nan_guard = StopOnNaN()
-    keep_best = KeepBest(**p["keep_best"]) if p.get("keep_best") else None
+    keep_best = KeepBest(p.keep_best.monitor, p.keep_best.mode) if p.keep_best else None
     checkpoints = store.path(store.checkpoint_key(job.id))
-    callbacks = [*callback_specs.build(p.get("callbacks", [])),
+    callbacks = [*callback_specs.build([c.model_dump() for c in p.callbacks]),
                  # Resumes from the last finished epoch if this job's first process died.
                  keras.callbacks.BackupAndRestore(str(checkpoints), delete_checkpoint=True),
                  recorder, canceller]
-    callbacks += [nan_guard] if p.get("terminate_on_nan", True) else []
+    callbacks += [nan_guard] if p.terminate_on_nan else []
     callbacks += [keep_best] if keep_best else []
     if needs_adapting(model):  # reading the training rows for adapt() is not free
         adapt_layers(model, inputs.adapt_source())
-    inputs.fit(model, batch_size=p["batch_size"], shuffle=p["shuffle"], seed=seed,
-               epochs=p["epochs"], initial_epoch=p.get("initial_epoch", 0),
-               steps_per_epoch=p.get("steps_per_epoch"),
-               validation_freq=p.get("validation_freq", 1), callbacks=callbacks,
-               class_weight=({int(k): v for k, v in p["class_weight"].items()}
-                             if p.get("class_weight") else None), verbose=0)
+    inputs.fit(model, batch_size=p.batch_size, shuffle=p.shuffle, seed=seed,
+               epochs=p.epochs, initial_epoch=p.initial_epoch,
+               steps_per_epoch=p.steps_per_epoch,
+               validation_freq=p.validation_freq, callbacks=callbacks,
+               class_weight=({int(k): v for k, v in p.class_weight.items()}
+                             if p.class_weight else None), verbose=0)
     if canceller.cancelled or watcher.requested.is_set():
         shutil.rmtree(checkpoints, ignore_errors=True)
         raise Cancelled()
@@ -121,14 +120,14 @@ def _fit(job: Job, store: ArtifactStore, watcher: CancelWatcher) -> None:
         logs = keep_best.best_logs
         result["best_epoch"] = keep_best.best_epoch
     metrics = {k: v for k, v in logs.items() if v is not None}
-    _save_version(job, p.get("spec_id") or job.spec_id, store, model, metrics, result)
+    _save_version(job, p.spec_id or job.spec_id, store, model, metrics, result)
 
 
-def _spec_body(job: Job) -> dict[str, Any]:
+def _spec_body(spec_id: str) -> dict[str, Any]:
     with session_scope() as s:
-        spec = s.get(Spec, job.params["spec_id"])
+        spec = s.get(Spec, spec_id)
         if spec is None:
-            raise DomainError(422, "Spec gone", f"Spec {job.params['spec_id']} no longer exists.")
+            raise DomainError(422, "Spec gone", f"Spec {spec_id} no longer exists.")
         return dict(spec.spec)
 
 
@@ -144,59 +143,43 @@ def _load_version(version_id: str, store: ArtifactStore, compile: bool) -> Any:
     import keras
 
     with session_scope() as s:
-        mv = s.get(ModelVersion, version_id)
+        mv = registry.get_version(s, version_id)
         if mv is None:
             raise DomainError(422, "Model gone", f"Model version {version_id} no longer exists.")
         key = mv.artifact_key
-    return keras.saving.load_model(store.path(key) / MODEL_FILE, compile=compile, safe_mode=True)
+    return keras.saving.load_model(store.model_file(store.path(key)), compile=compile,
+                                   safe_mode=True)
 
 
 def _save_version(job: Job, spec_id: str | None, store: ArtifactStore, model: Any,
                   metrics: dict[str, float], result: dict[str, Any]) -> None:
-    """Save `.keras` into a staging folder, then in one transaction take the next version
-    number, publish the folder under it and mark the job succeeded."""
+    """Save `.keras` into a staging folder, then in one transaction publish it as the next
+    version and mark the job succeeded."""
     assert job.model_name is not None
     # The staging folder is renamed into place on success; whatever is left is removed.
     with store.staging() as staging:
-        model.save(staging / MODEL_FILE)
-        for _attempt in range(VERSION_RETRIES):
-            try:
-                with session_scope() as s:
-                    version = registry.next_version(s, job.owner, job.model_name)
-                    key = store.model_key(job.owner, job.model_name, version)
-                    registry.add_version(s, job.owner, job.model_name, version, key, metrics,
-                                         job_id=job.id, spec_id=spec_id)
-                    store.publish(staging, key)
-                    on_rollback(s, lambda k=key: _unpublish(store, k, staging))
-                    result = {**result, "metrics": metrics,
-                              "model": f"{job.model_name}/{version}"}
-                    lifecycle.finish(job.id, JobStatus.succeeded, result=result, session=s,
-                                     model_version=version)
-                return
-            except IntegrityError:  # another job took that version number first; take the next
-                continue
-    raise RuntimeError(f"could not allocate a version of {job.model_name}")
+        model.save(store.model_file(staging))
+        with session_scope() as s:
+            mv = registry.publish_version(s, store, job.owner, job.model_name, staging,
+                                          metrics=metrics, job_id=job.id, spec_id=spec_id)
+            result = {**result, "metrics": metrics, "model": f"{mv.name}/{mv.version}"}
+            state.finish(job.id, JobStatus.succeeded, result=result, session=s,
+                         model_version=mv.version)
 
 
-def _unpublish(store: ArtifactStore, key: str, staging: Any) -> None:
-    """Move a published folder back to staging so the next attempt can publish it again."""
-    target = store.path(key)
-    if target.exists():
-        target.rename(staging)
-
-
-def _evaluate(job: Job, store: ArtifactStore, watcher: CancelWatcher) -> None:
+def _evaluate(job: Job, p: EvaluateJobParams, store: ArtifactStore,
+              watcher: CancelWatcher) -> None:
     from app.training.callbacks import CancelOnFlag, clean_logs
 
     assert job.dataset_id is not None
     arrays = _arrays(job.dataset_id, store)
-    x = data.select(arrays, job.params["x"], "/x")
-    y = data.select(arrays, job.params["y"], "/y")
-    model = _load_version(job.params["model_version_id"], store, compile=True)
+    x = data.select(arrays, p.x, "/x")
+    y = data.select(arrays, p.y, "/y")
+    model = _load_version(p.model_version_id, store, compile=True)
     canceller = CancelOnFlag(watcher.requested)
-    logs = model.evaluate(data.materialize(x), data.materialize(y),
-                          batch_size=job.params["batch_size"], return_dict=True, verbose=0,
+    logs = model.evaluate(data.in_memory(x), data.in_memory(y),
+                          batch_size=p.batch_size, return_dict=True, verbose=0,
                           callbacks=[canceller])
     if canceller.cancelled:
         raise Cancelled()
-    lifecycle.finish(job.id, JobStatus.succeeded, result=clean_logs(logs))
+    state.finish(job.id, JobStatus.succeeded, result=clean_logs(logs))

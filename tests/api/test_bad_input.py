@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     SEED_SPEC,
     assert_problem,
     npz_bytes,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SEED_SPEC, assert_problem, reset_caches, two_classes, upload
+from tests.helpers import SEED_SPEC, assert_problem, reset_caches, two_classes, upload
 
 
 def test_submit_with_broker_down(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.conftest import SEED_SPEC, assert_problem, upload
+from tests.helpers import SEED_SPEC, assert_problem, upload
 
 
 def _check_pages(client: Any, path: str, created: list[str]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from tests.conftest import SEED_SPEC
+from tests.helpers import SEED_SPEC
 
 
 def test_commit_happens_before_the_response_starts(client: Any) -> None:

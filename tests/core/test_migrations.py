@@ -11,7 +11,7 @@ from sqlalchemy import inspect
 
 from app.core.db import make_engine
 from app.core.migrate import upgrade
-from app.models import Base
+from app.tables import Base
 
 
 def _diff(url: str) -> list[object]:
@@ -46,7 +46,7 @@ def test_postgres_upgrade_matches_models(pg_database: str) -> None:
 @pytest.mark.parametrize("cmd", [["migrate"]])
 def test_migrate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cmd: list[str]) -> None:
     from app.cli import main
-    from tests.conftest import reset_caches
+    from tests.helpers import reset_caches
 
     monkeypatch.setenv("KJ_HOME", str(tmp_path))
     for var in ("KJ_DATABASE_URL", "KJ_BROKER_URL", "KJ_ARTIFACT_ROOT"):

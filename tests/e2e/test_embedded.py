@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, SEED_SPEC, npz_bytes, two_classes, upload, wait_for_job
+from tests.helpers import ROOT, SEED_SPEC, npz_bytes, two_classes, upload, wait_for_job
 from tests.scenario import run_tutorial
 
 pytestmark = pytest.mark.slow

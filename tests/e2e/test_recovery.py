@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SEED_SPEC, two_classes, upload, wait_for_job
+from tests.helpers import SEED_SPEC, two_classes, upload, wait_for_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker")]
 
@@ -18,8 +18,8 @@ def _running_job(spec_id: str, dataset_id: str, heartbeat_age_s: float,
     """A job row as a worker leaves it mid-run: running, last heartbeat some time ago."""
     from app.core.db import session_scope
     from app.jobs.schemas import FitJobCreate
-    from app.models import Job, JobStatus, JobType
-    from app.models.base import utcnow
+    from app.tables import Job, JobStatus, JobType
+    from app.tables.base import utcnow
 
     params = FitJobCreate(type="fit", spec_id=spec_id, dataset_id=dataset_id, epochs=2,
                           seed=1).model_dump(mode="json")
@@ -35,8 +35,8 @@ def _running_job(spec_id: str, dataset_id: str, heartbeat_age_s: float,
 
 def test_stale_running_job_is_swept_and_a_live_one_is_left_alone(client: Any) -> None:
     from app.core.db import session_scope
-    from app.models import Job
-    from app.training import lifecycle
+    from app.jobs import state
+    from app.tables import Job
 
     x, y = two_classes(n=50)
     dataset = upload(client, "recovery", x=x, y=y)
@@ -47,8 +47,8 @@ def test_stale_running_job_is_swept_and_a_live_one_is_left_alone(client: Any) ->
                                   cancel_requested=True)
     try:
         # A redelivered message may take over only the job whose process stopped beating.
-        assert lifecycle.claim(alive, redelivered=True, stale_after_s=60) is None
-        assert lifecycle.claim(alive, redelivered=False, stale_after_s=60) is None
+        assert state.claim(alive, redelivered=True, stale_after_s=60) is None
+        assert state.claim(alive, redelivered=False, stale_after_s=60) is None
 
         # The worker's sweep (every KJ_SWEEP_S) finds the dead job and queues it again.
         done = wait_for_job(client, dead, timeout=120)

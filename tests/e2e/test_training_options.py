@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import SEED_SPEC, assert_problem, two_classes, upload, wait_for_job
+from tests.helpers import SEED_SPEC, assert_problem, two_classes, upload, wait_for_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker")]
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     assert_problem,
     two_classes,
     upload,

@@ -62,8 +62,9 @@ def test_sgd_nesterov_schedule_and_clipnorm() -> None:
         "learning_rate": {"class_name": "ExponentialDecay", "config": {
             "initial_learning_rate": 0.1, "decay_steps": 10, "decay_rate": 0.9}}}},
         "loss": "mse"})
-    assert type(model.optimizer.learning_rate).__name__ != "float"
-    model.train_on_batch(X, Y)
+    assert type(model.optimizer._learning_rate).__name__ == "ExponentialDecay"
+    assert model.optimizer.nesterov and model.optimizer.clipnorm == 1.0
+    assert np.isfinite(model.train_on_batch(X, Y))
 
 
 @pytest.mark.parametrize("schedule", [
@@ -73,12 +74,15 @@ def test_sgd_nesterov_schedule_and_clipnorm() -> None:
 def test_other_schedules(schedule: dict[str, Any]) -> None:
     model = _compile({"optimizer": {"class_name": "Adam", "config": {
         "learning_rate": schedule, "clipvalue": 0.5}}, "loss": "mse"})
-    model.train_on_batch(X, Y)
+    assert type(model.optimizer._learning_rate).__name__ == schedule["class_name"]
+    assert model.optimizer.clipvalue == 0.5
+    assert np.isfinite(model.train_on_batch(X, Y))
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRIES["loss"].classes))
 def test_every_loss_class_compiles(name: str) -> None:
-    _compile({"optimizer": "adam", "loss": {"class_name": name, "config": {}}})
+    model = _compile({"optimizer": "adam", "loss": {"class_name": name, "config": {}}})
+    assert type(model.loss) is REGISTRIES["loss"].classes[name]
 
 
 @pytest.mark.parametrize("name", LOSS_STRINGS)
@@ -87,12 +91,16 @@ def test_loss_strings_train(name: str) -> None:
 
 
 def test_sparse_loss_string_compiles() -> None:  # needs integer labels, so compile only
-    _compile({"optimizer": "adam", "loss": "sparse_categorical_crossentropy"})
+    model = _compile({"optimizer": "adam", "loss": "sparse_categorical_crossentropy"})
+    assert model.loss == "sparse_categorical_crossentropy"
+    labels = np.array([0, 1, 1, 0])
+    assert np.isfinite(model.train_on_batch(X, labels))
 
 
 def test_binary_crossentropy_from_logits() -> None:
-    _compile({"optimizer": "adam", "loss": {"class_name": "BinaryCrossentropy",
-                                            "config": {"from_logits": True}}})
+    model = _compile({"optimizer": "adam", "loss": {"class_name": "BinaryCrossentropy",
+                                                    "config": {"from_logits": True}}})
+    assert type(model.loss).__name__ == "BinaryCrossentropy" and model.loss.from_logits
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRIES["metric"].classes))

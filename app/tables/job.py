@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Boolean, Enum, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, new_id, utcnow
+from app.tables.base import Base, new_id, utcnow
 
 
 class JobStatus(enum.StrEnum):
@@ -54,7 +54,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     # Written every few seconds by the process running the job; a stale one means that
-    # process is gone (see lifecycle.requeue_stale).
+    # process is gone (see app.jobs.state.requeue_stale).
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 
 

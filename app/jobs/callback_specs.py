@@ -6,10 +6,9 @@ reachable: no ModelCheckpoint paths, no LambdaCallback code, no CSVLogger files.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from app.core.errors import FieldError, invalid
+from app.core.errors import FieldError, did_you_mean, invalid
 
 ALLOWED = ("EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN")
 
@@ -24,9 +23,7 @@ def build(specs: list[dict[str, Any]], pointer: str = "/callbacks") -> list[Any]
         ptr = f"{pointer}/{i}"
         name = spec.get("type")
         if name not in ALLOWED:
-            close = difflib.get_close_matches(str(name), ALLOWED, n=1)
-            hint = f" — did you mean '{close[0]}'?" if close else ""
-            raise invalid(f"Callback '{name}' is not available{hint}.",
+            raise invalid(f"Callback '{name}' is not available{did_you_mean(str(name), ALLOWED)}.",
                           [FieldError(f"{ptr}/type", f"one of {', '.join(ALLOWED)}")])
         kwargs = {k: v for k, v in spec.items() if k != "type"}
         for key, value in kwargs.items():

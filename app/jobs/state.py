@@ -1,18 +1,25 @@
-"""A job's state changes, each a short transaction guarded by the status it expects, so a
-redelivered or raced message can never move a job backwards or run it twice."""
+"""Every change of a job's state, and nothing else writes `Job.status`.
+
+queued → running (claim) → succeeded | failed | cancelled (finish); queued → cancelled and
+running → cancel requested (request_cancel); heartbeat; running with a stale heartbeat → queued
+(requeue_stale). Each is an UPDATE guarded by the status it expects, so a redelivered or raced
+message can never move a job backwards or run it twice. Jobs reach the broker only after the
+transaction that recorded them commits (enqueue_after_commit)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.core.db import session_scope
-from app.models import Job, JobEpoch, JobStatus
-from app.models.base import utcnow
+from app.core.broker import enqueue_job
+from app.core.db import on_commit, session_scope
+from app.core.errors import DomainError, conflict
+from app.tables import Job, JobEpoch, JobStatus
+from app.tables.base import utcnow
 
 
 def claim(job_id: str, redelivered: bool, stale_after_s: float) -> Job | None:
@@ -64,8 +71,6 @@ def requeue_stale(stale_after_s: float) -> list[str]:
             update(Job).where(Job.id == job_id, Job.status == JobStatus.running,
                               _stale(now, stale_after_s))
             .values(status=JobStatus.queued)).rowcount]  # type: ignore[attr-defined]
-    from app.core.broker import enqueue_job
-
     for job_id in requeued:
         enqueue_job(job_id)
     return requeued
@@ -103,3 +108,46 @@ def finish(job_id: str, status: JobStatus, *, result: dict[str, Any] | None = No
     with session_scope() as s:
         return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
 
+
+
+def request_cancel(session: Session, job: Job) -> None:
+    """A queued job is cancelled at once (a worker that later gets its message skips it); a
+    running one is flagged and stops at its next batch boundary. 409 once it has ended."""
+    now = utcnow()
+    done = session.execute(
+        update(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.cancelled, cancel_requested=True, cancel_requested_at=now,
+                finished_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    if not done:
+        flagged = session.execute(
+            update(Job).where(Job.id == job.id, Job.status == JobStatus.running)
+            .values(cancel_requested=True, cancel_requested_at=func.coalesce(
+                Job.cancel_requested_at, now))
+        ).rowcount  # type: ignore[attr-defined]
+        if not flagged:
+            session.refresh(job)
+            raise conflict(f"Job {job.id} has already ended ({job.status.value}); "
+                           "only queued or running jobs can be cancelled.")
+    session.refresh(job)
+
+
+def enqueue_after_commit(session: Session, job_id: str) -> None:
+    """Send the job to the broker once `session` has committed its row (never before: a worker
+    could look for it too early)."""
+    on_commit(session, lambda: _enqueue(job_id))
+
+
+def _enqueue(job_id: str) -> None:
+    """If the broker cannot take the job, it must not sit queued forever: it is marked failed
+    and the request that submitted it answers 503."""
+    try:
+        enqueue_job(job_id)
+    except Exception as exc:
+        with session_scope() as s:
+            s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
+                      .values(status=JobStatus.failed, finished_at=utcnow(),
+                              error=f"could not be queued: {exc}"))
+        raise DomainError(503, "Broker unavailable", f"Job {job_id} could not be queued: the "
+                          "broker is unreachable. It was recorded as failed; submit it again "
+                          "once the broker is back.", type="/problems/broker-unavailable") from exc

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, new_id, utcnow
+from app.tables.base import Base, new_id, utcnow
 
 
 class ModelVersion(Base):
