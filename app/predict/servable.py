@@ -4,21 +4,14 @@ graph call instead of a `model.predict` (~40 ms of per-call overhead)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from app.predict.signature import TensorInfo
 
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple[int | None, ...]  # including the batch dimension (None)
-    dtype: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+__all__ = ["Servable", "TensorInfo"]
 
 
 class Servable:
