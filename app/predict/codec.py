@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.predict.signature import TensorInfo, check_array, pointer_token, problem
+from app.predict.signature import TensorInfo, check_array, json_array, pointer_token, problem
 
 SIGNATURE_NAME = "serving_default"
 _NON_FINITE_TOKENS = (b"NaN", b"Infinity")
@@ -106,15 +106,7 @@ def _decode_columns(cols: Any, inputs: list[TensorInfo]) -> list[np.ndarray[Any,
 
 
 def _to_array(value: Any, info: TensorInfo, pointer: str) -> np.ndarray[Any, Any]:
-    # Let NumPy infer the type first: forcing dtype=float32 here would quietly turn null into
-    # NaN, "1.5" into 1.5 and true into 1.0.
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise problem(f"Input '{info.name}' is not a rectangular array of numbers ({exc}); the "
-                      f"model expects {info.describe()}.", pointer,
-                      f"expected {info.describe()}") from None
-    return check_array(arr, info, pointer)
+    return check_array(json_array(value, info, pointer), info, pointer)
 
 
 def encode(outputs: list[np.ndarray[Any, Any]], infos: list[TensorInfo], fmt: str) -> bytes:

@@ -24,6 +24,7 @@ from app.predict.signature import (
     TensorInfo,
     check_array,
     check_shape,
+    json_array,
     numpy_dtype,
     oip_datatype,
     problem,
@@ -180,12 +181,7 @@ def _parameters(params: Any, pointer: str) -> dict[str, Any]:
 def _json_data(data: Any, shape: tuple[int, ...], info: TensorInfo,
                pointer: str) -> np.ndarray[Any, Any]:
     # 'data' is row-major, flat or nested; only the element count has to match the shape.
-    try:
-        arr = np.asarray(data)
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise problem(f"Input '{info.name}' data is not an array of numbers ({exc}); the model "
-                      f"expects {info.describe()}.", pointer,
-                      f"expected {info.describe()}") from None
+    arr = json_array(data, info, pointer)
     count = int(np.prod(shape))
     if arr.size != count:
         raise problem(f"Input '{info.name}' has {arr.size} values in 'data' but shape "

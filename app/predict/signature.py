@@ -74,6 +74,17 @@ def check_shape(shape: tuple[int, ...], info: TensorInfo, pointer: str) -> None:
                       pointer, f"expected shape {info.describe()}")
 
 
+def json_array(value: Any, info: TensorInfo, pointer: str) -> np.ndarray[Any, Any]:
+    """A JSON value as an array, its type inferred by NumPy (forcing dtype=float32 here would
+    quietly turn null into NaN, "1.5" into 1.5 and true into 1.0; check_array decides)."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise problem(f"Input '{info.name}' is not a rectangular array of numbers ({exc}); the "
+                      f"model expects {info.describe()}.", pointer,
+                      f"expected {info.describe()}") from None
+
+
 def check_array(arr: np.ndarray[Any, Any], info: TensorInfo,
                 pointer: str) -> np.ndarray[Any, Any]:
     """`arr` with the signature's shape checked and its dtype cast to the signature's.
