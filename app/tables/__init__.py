@@ -1,7 +1,9 @@
 from app.tables.base import Base
 from app.tables.dataset import Dataset
 from app.tables.job import Job, JobEpoch, JobStatus, JobType
+from app.tables.model_label import ModelLabel
 from app.tables.model_version import ModelVersion
 from app.tables.spec import Spec
 
-__all__ = ["Base", "Dataset", "Job", "JobEpoch", "JobStatus", "JobType", "ModelVersion", "Spec"]
+__all__ = ["Base", "Dataset", "Job", "JobEpoch", "JobStatus", "JobType", "ModelLabel",
+           "ModelVersion", "Spec"]
