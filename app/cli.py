@@ -56,10 +56,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     settings.ensure_dirs()
     upgrade(settings.resolved_database_url)
+    workers = max(1, min(args.workers, os.cpu_count() or 1))
+    if workers != args.workers:
+        log.warning("--workers %d: this machine has %d cores; running %d API processes",
+                    args.workers, os.cpu_count() or 1, workers)
     worker = None if args.no_worker else start_worker(args.concurrency)
     try:
         uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
-                    log_level=settings.log_level.lower())
+                    workers=workers, log_level=settings.log_level.lower())
     finally:
         if worker is not None:
             stop_worker(worker)
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="do not start a worker (compose runs workers as their own service)")
     serve.add_argument("--concurrency", type=int, default=1, help="jobs the embedded worker "
                        "runs at once")
+    serve.add_argument("--workers", type=int, default=1, help="API processes (each loads the "
+                       "models it serves; at most one per core)")
     serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser("worker", help="run a Celery worker for training jobs")
     worker.add_argument("--concurrency", type=int, default=1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import text
 
+from app import __version__
 from app.api import problems
 from app.core.broker import check_broker
 from app.core.config import get_settings
@@ -20,6 +22,7 @@ from app.core.storage import get_store
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
 from app.predict.router import router as predict_router
+from app.predict.service import get_serving, import_tensorflow, start_preload
 from app.registry.router import router as models_router
 from app.specs.router import router as specs_router
 
@@ -31,13 +34,20 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     settings.ensure_dirs()
     await run_in_threadpool(upgrade, settings.resolved_database_url)
+    # TensorFlow is imported before the server accepts requests (imported from two threads at
+    # once, its modules can be seen half-initialised); the recently served models then load
+    # in the background, and /readyz says ready once they have. No user pays for either.
+    await run_in_threadpool(import_tensorflow)
+    preload = asyncio.create_task(start_preload())
     yield
+    preload.cancel()
+    get_serving().cache.clear()
 
 
 def create_app() -> FastAPI:
     app = FastAPI(
         title="keras-jobs",
-        version="0.1.0",
+        version=__version__,
         description="Train and serve Keras models over HTTP: model specs, datasets, fit and "
         "evaluate jobs on Celery workers, TensorFlow Serving-style predict.",
         lifespan=lifespan,
@@ -60,10 +70,14 @@ def create_app() -> FastAPI:
                 checks[name] = "ok"
             except Exception as exc:  # report every failing part, not just the first
                 checks[name] = f"error: {exc}"
+        serving = get_serving()
+        checks["serving"] = "ok" if serving.ready.is_set() else "starting"
+        loaded = [f"{m.name}/{m.version}" for m in serving.cache.loaded()]
         if any(v != "ok" for v in checks.values()):
-            return problems.problem(503, "Not ready", "Some dependencies are unreachable.",
-                                    "/readyz", extra={"checks": checks})
-        return {"status": "ready", "checks": checks}
+            return problems.problem(503, "Not ready", "Some dependencies are unreachable, or "
+                                    "the models to serve are still loading.", "/readyz",
+                                    extra={"checks": checks, "loaded_models": loaded})
+        return {"status": "ready", "checks": checks, "loaded_models": loaded}
 
     return app
 

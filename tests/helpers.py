@@ -19,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def reset_caches() -> None:
     """Settings and everything built from them are cached per process."""
-    from app.core import broker, config, db
+    from app.core import broker, config, db, storage
     from app.predict import service as predict
 
     for fn in (config.get_settings, db.get_engine, db.get_sessionmaker, broker.get_celery,
-               predict.get_cache):
+               storage.get_store,
+               predict.get_serving):
         fn.cache_clear()
 
 

@@ -23,7 +23,7 @@ class Caller:
 LOCAL_OWNER = "local"
 
 
-def get_caller() -> Caller:
+async def get_caller() -> Caller:  # async: a sync dependency costs a thread-pool hop
     # One local owner until authentication lands; every route and row goes through this.
     return Caller(owner=LOCAL_OWNER)
 

@@ -16,15 +16,22 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
 
+# Serving protocols whose clients read `{"error": "..."}` (TF Serving, KServe/Triton).
+SERVING_PREFIXES = ("/v1/models", "/v2")
+
+
 def problem(status: int, title: str, detail: str, instance: str, *,
             type_: str = "about:blank", errors: list[dict[str, str]] | None = None,
-            extra: dict[str, Any] | None = None) -> JSONResponse:
+            extra: dict[str, Any] | None = None,
+            headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail,
                             "instance": instance}
     if errors:
         body["errors"] = errors
     body.update(extra or {})
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+    if instance.startswith(SERVING_PREFIXES):
+        body.setdefault("error", detail)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _pointer(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str:
@@ -45,7 +52,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
         return problem(exc.status, exc.title, exc.detail, request.url.path, type_=exc.type,
-                       errors=[e.as_dict() for e in exc.errors], extra=exc.extra)
+                       errors=[e.as_dict() for e in exc.errors], extra=exc.extra,
+                       headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -39,7 +39,22 @@ class Settings(BaseSettings):
     # Fit jobs whose arrays are larger than this stream batches from the memory-mapped arrays
     # (tf.data) instead of loading them (job option input="auto").
     stream_threshold_bytes: int = 1024**3
+    # Loaded models per API process, bounded by count and by their weights' memory.
     model_cache_size: int = 8
+    model_cache_bytes: int = 2 * 1024**3
+    # Dynamic batching of predict requests (per loaded version; bench/predict.py measures them):
+    # at most batch_max_size rows per model call, waiting at most batch_timeout_ms for company;
+    # batches are padded to powers of two up to batch_max_size. Past batch_queue_rows queued
+    # rows (0: 16 batches), requests are refused with 503 and Retry-After.
+    batch_max_size: int = 64
+    batch_timeout_ms: float = 2.0
+    batch_queue_rows: int = 0
+    batch_threads: int = 1
+    # Largest predict body (JSON or .npy/.npz); larger is a 413.
+    predict_max_body_bytes: int = 64 * 1024**2
+    # At start-up, each API process loads the labelled and latest versions of the models
+    # served in the last preload_days days, before /readyz says ready.
+    preload_days: float = 7.0
     # Celery queue that training jobs go to (long tasks on their own queue).
     queue: str = "training"
     log_level: str = "INFO"

@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Select, create_engine, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import get_settings
@@ -60,6 +61,15 @@ def paginate(session: Session, query: Select[Any], order_by: tuple[Any, ...], li
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(*order_by).limit(limit).offset(offset)).all()
     return list(rows), total
+
+
+def upsert(session: Session, table: type[Any], values: dict[str, Any], keys: list[str]) -> None:
+    """INSERT … ON CONFLICT (keys) DO UPDATE the other columns, on PostgreSQL and SQLite."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(table).values(**values)
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=keys, set_={k: stmt.excluded[k] for k in values if k not in keys}))
 
 
 def get_owned(session: Session, table: type[RowT], owner: str, ident: str, kind: str) -> RowT:

@@ -27,6 +27,7 @@ class DomainError(Exception):
     errors: list[FieldError] = field(default_factory=list)
     type: str = "about:blank"
     extra: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__init__(self.detail or self.title)

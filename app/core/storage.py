@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 # The layout of a model version's folder: everything a version holds is named here.
@@ -58,6 +59,24 @@ class ArtifactStore:
         os.replace(staging, target)
         return target
 
+    # The registry's generation: a file replaced (new inode) whenever a version or a label
+    # changes, so every API process sharing the store sees the change with one stat() per
+    # request instead of a database query.
+    GENERATION_FILE = "registry.generation"
+
+    def bump_generation(self) -> None:
+        tmp = self.root / "tmp" / f".generation-{uuid.uuid4().hex}"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(uuid.uuid4().hex)
+        os.replace(tmp, self.root / self.GENERATION_FILE)
+
+    def generation(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self.root / self.GENERATION_FILE)
+        except FileNotFoundError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
+
     def delete(self, key: str) -> None:
         target = self.path(key)
         if target.is_dir():
@@ -90,7 +109,9 @@ class ArtifactStore:
         return f"checkpoints/{job_id}"
 
 
+@lru_cache
 def get_store() -> ArtifactStore:
+    """The process's store (cached: predict resolves artifact paths on its hot path)."""
     from app.core.config import get_settings
 
     root = get_settings().resolved_artifact_root

@@ -12,11 +12,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.core.broker import enqueue_job
-from app.core.db import on_commit, session_scope
+from app.core.db import on_commit, session_scope, upsert
 from app.core.errors import DomainError, conflict
 from app.tables import Job, JobEpoch, JobStatus
 from app.tables.base import utcnow
@@ -79,18 +78,9 @@ def requeue_stale(stale_after_s: float) -> list[str]:
 def record_epoch(job_id: str, epoch: int, logs: dict[str, float | None]) -> None:
     """Upsert the (job, epoch) row and move the job's epoch counter."""
     with session_scope() as s:
-        _upsert_epoch(s, job_id, epoch, logs)
+        upsert(s, JobEpoch, {"job_id": job_id, "epoch": epoch, "logs": logs,
+                             "created_at": utcnow()}, ["job_id", "epoch"])
         s.execute(update(Job).where(Job.id == job_id).values(epoch=epoch + 1))
-
-
-def _upsert_epoch(s: Session, job_id: str, epoch: int, logs: dict[str, float | None]) -> None:
-    values = {"job_id": job_id, "epoch": epoch, "logs": logs, "created_at": utcnow()}
-    dialect = s.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(JobEpoch).values(**values)
-    s.execute(stmt.on_conflict_do_update(index_elements=["job_id", "epoch"],
-                                         set_={"logs": stmt.excluded.logs,
-                                               "created_at": stmt.excluded.created_at}))
 
 
 def cancel_requested(job_id: str) -> bool:

@@ -1,40 +1,112 @@
-"""Loaded models, kept per API process, least recently used evicted first."""
+"""Loaded models, kept per API process: each a Servable with its own dynamic batcher, warmed
+with one batch of every allowed size before it takes traffic. Bounded by a count and by the
+weights' memory; least recently used evicted first."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.predict.batcher import Batcher, BatchPolicy
 from app.predict.servable import Servable
 
+log = logging.getLogger(__name__)
 
-class ServableCache:
-    def __init__(self, capacity: int) -> None:
+
+@dataclass
+class LoadedModel:
+    key: str  # the version's id
+    name: str
+    version: int
+    servable: Servable
+    batcher: Batcher
+
+
+@dataclass
+class CacheStats:
+    loads: int = 0
+    evictions: int = 0
+    failures: dict[str, str] = field(default_factory=dict)  # version id → last load error
+
+
+class ModelCache:
+    def __init__(self, capacity: int, max_bytes: int, policy: BatchPolicy) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, Servable] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.policy = policy
+        self.stats = CacheStats()
+        self._items: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
-    def get(self, key: str, path: Path) -> Servable:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            load_lock = self._loading.setdefault(key, threading.Lock())
-        # Load outside the cache lock; concurrent requests for the same version wait for one load.
-        with load_lock:
+    def peek(self, key: str) -> LoadedModel | None:
+        """The loaded model, or None; cheap enough for the event loop (no I/O, no waiting)."""
+        found = self._items.get(key)
+        if found is not None:
             with self._lock:
                 if key in self._items:
-                    return self._items[key]
-            servable = Servable(path)
+                    self._items.move_to_end(key)
+        return found
+
+    def loading(self, key: str) -> bool:
+        return key in self._loading
+
+    def get(self, key: str, name: str, version: int, path: Path) -> LoadedModel:
+        """Load (once per process, however many requests ask at once) and warm; blocking."""
+        found = self.peek(key)
+        if found is not None:
+            return found
+        with self._lock:
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        with load_lock:
+            found = self.peek(key)
+            if found is not None:
+                return found
+            try:
+                loaded = self._load(key, name, version, path)
+            except Exception as exc:
+                self.stats.failures[key] = f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
             with self._lock:
-                self._items[key] = servable
-                self._loading.pop(key, None)
-                while len(self._items) > self.capacity:
-                    self._items.popitem(last=False)
-            return servable
+                self.stats.failures.pop(key, None)
+                self.stats.loads += 1
+                self._items[key] = loaded
+                self._evict()
+            return loaded
+
+    def _load(self, key: str, name: str, version: int, path: Path) -> LoadedModel:
+        servable = Servable(path)
+        batcher = Batcher(servable, self.policy, name=f"{name}/{version}")
+        batcher.warm_up(servable.example())  # every allowed batch size traced now
+        log.info("loaded %s/%s (%d bytes of weights)", name, version, servable.nbytes)
+        return LoadedModel(key, name, version, servable, batcher)
+
+    def _evict(self) -> None:
+        """Drop least recently used models past the count or the memory budget (never the one
+        just loaded). Requests still queued on an evicted model's batcher fail with
+        BatcherClosed; the serving layer retries them once on a fresh load."""
+        def over() -> bool:
+            used = sum(m.servable.nbytes for m in self._items.values())
+            return len(self._items) > self.capacity or used > self.max_bytes
+
+        while len(self._items) > 1 and over():
+            _key, evicted = self._items.popitem(last=False)
+            evicted.batcher.shutdown()
+            self.stats.evictions += 1
+            log.info("evicted %s/%s from the model cache", evicted.name, evicted.version)
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._items.values())
 
     def clear(self) -> None:
         with self._lock:
+            for item in self._items.values():
+                item.batcher.shutdown()
             self._items.clear()

@@ -1,61 +1,302 @@
-"""Serving routes: TensorFlow Serving's REST predict and model metadata."""
+"""Serving routes, every protocol: TensorFlow Serving's REST API (predict, model status,
+metadata, labels) and the Open Inference Protocol v2 (KServe, Triton) under /v2.
+
+Predict routes are `async` with no sync dependency and no database session: the version a
+request names is resolved from a cache (see service.py), and only a cache miss or a model load
+leaves the event loop."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import CallerDep, SessionDep, StoreDep
-from app.core.errors import FieldError, bad_request
-from app.predict import service
-from app.registry.schemas import NameParam, VersionParam
+from app.api.deps import CallerDep, SessionDep
+from app.core.config import get_settings
+from app.core.db import session_scope
+from app.core.errors import DomainError, bad_request
+from app.predict import codec, npy, oip
+from app.predict.cache import LoadedModel
+from app.predict.service import Ref, get_serving, loaded_model, run
+from app.registry import service as registry
+from app.registry.schemas import (
+    LabelParam,
+    LabelRead,
+    LabelSet,
+    ModelRead,
+    ModelVersionRead,
+    NameParam,
+    VersionParam,
+    VersionStatus,
+)
 
-router = APIRouter(prefix="/v1/models", tags=["predict"])
+router = APIRouter(tags=["predict"])
 
 PREDICT_EXAMPLE = {"instances": [[0.0, 3.0], [3.0, 0.0]]}
 PREDICT_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object"}, "example": PREDICT_EXAMPLE}}}}
+    "application/json": {"schema": {"type": "object"}, "example": PREDICT_EXAMPLE},
+    npy.NPY: {"schema": {"type": "string", "format": "binary"}},
+    npy.NPZ: {"schema": {"type": "string", "format": "binary"}}}}}
+INFER_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object"}, "example": {"inputs": [
+        {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [0.0, 3.0]}]}}}}}
 
 
-@router.get("/{name}/metadata")
-def get_metadata(caller: CallerDep, session: SessionDep, store: StoreDep,
-                 name: NameParam) -> dict[str, Any]:
-    """Input and output names, shapes and dtypes of the latest version."""
-    return service.metadata(session, store, caller.owner, name, None)
+async def _body(request: Request) -> bytes:
+    """The request body, refused with 413 past KJ_PREDICT_MAX_BODY_BYTES (read no further)."""
+    limit = get_settings().predict_max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-@router.get("/{name}/versions/{version}/metadata")
-def get_version_metadata(caller: CallerDep, session: SessionDep, store: StoreDep,
-                         name: NameParam, version: VersionParam) -> dict[str, Any]:
-    return service.metadata(session, store, caller.owner, name, version)
+def _too_large(limit: int) -> DomainError:
+    return DomainError(413, "Request body too large", f"A predict body may hold at most {limit} "
+                       "bytes; split the rows over several requests or run a batch prediction "
+                       "job.", type="/problems/too-large")
 
 
-async def _json_body(request: Request) -> Any:
-    """TensorFlow Serving clients often send JSON without a JSON content type; accept it."""
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise bad_request(f"The body is not valid JSON: {exc}",
-                          [FieldError("", "expected a JSON object")]) from exc
+# --- TensorFlow Serving REST ---------------------------------------------------------------
+
+async def _predict(request: Request, ref: Ref) -> Response:
+    raw = await _body(request)
+    model = await loaded_model(ref)
+    inputs, outputs = model.servable.inputs, model.servable.outputs
+    content_type = request.headers.get("content-type")
+    if npy.is_npy_media(content_type):
+        arrays, fmt = npy.decode_npy(raw, inputs, content_type=content_type,
+                                     max_bytes=get_settings().predict_max_body_bytes), "column"
+    else:  # TF Serving reads JSON whatever the content type (curl -d sends a form type)
+        arrays, fmt = codec.decode(codec.parse_json(raw), inputs)
+    results = await run(ref, model, arrays)
+    if npy.wants_npy(request.headers.get("accept")):
+        body, media = npy.encode_npy(results, outputs)
+        return Response(body, media_type=media)
+    return Response(codec.encode(results, outputs, fmt), media_type="application/json")
 
 
-@router.post("/{name}:predict", openapi_extra=PREDICT_OPENAPI)
-async def predict_latest(caller: CallerDep, session: SessionDep, store: StoreDep,
-                         name: NameParam, request: Request) -> Response:
-    """TensorFlow Serving's predict: rows `{"instances": [...]}` or columns `{"inputs": ...}`."""
-    body = await _json_body(request)
-    return Response(await run_in_threadpool(service.predict, session, store, caller.owner, name,
-                                            None, body), media_type="application/json")
+@router.post("/v1/models/{name}:predict", openapi_extra=PREDICT_OPENAPI)
+async def predict_latest(caller: CallerDep, name: NameParam, request: Request) -> Response:
+    """TensorFlow Serving's predict: rows `{"instances": [...]}` → `{"predictions": ...}`,
+    columns `{"inputs": ...}` → `{"outputs": ...}`; or a `.npy`/`.npz` body
+    (`Content-Type: application/x-npy`), and `Accept: application/x-npy` for a binary answer."""
+    return await _predict(request, Ref(caller.owner, name))
 
 
-@router.post("/{name}/versions/{version}:predict", openapi_extra=PREDICT_OPENAPI)
-async def predict_version(caller: CallerDep, session: SessionDep, store: StoreDep,
-                          name: NameParam, version: VersionParam,
+@router.post("/v1/models/{name}/versions/{version}:predict", openapi_extra=PREDICT_OPENAPI)
+async def predict_version(caller: CallerDep, name: NameParam, version: VersionParam,
                           request: Request) -> Response:
-    body = await _json_body(request)
-    return Response(await run_in_threadpool(service.predict, session, store, caller.owner, name,
-                                            version, body), media_type="application/json")
+    return await _predict(request, Ref(caller.owner, name, version=version))
+
+
+@router.post("/v1/models/{name}/labels/{label}:predict", openapi_extra=PREDICT_OPENAPI)
+async def predict_label(caller: CallerDep, name: NameParam, label: LabelParam,
+                        request: Request) -> Response:
+    return await _predict(request, Ref(caller.owner, name, label=label))
+
+
+def _unsupported(method: str) -> None:
+    raise bad_request(f"':{method}' is for TensorFlow Estimator signatures, which Keras models "
+                      "do not have; use ':predict'.")
+
+
+@router.post("/v1/models/{name}:classify", status_code=400)
+@router.post("/v1/models/{name}/versions/{version}:classify", status_code=400)
+@router.post("/v1/models/{name}/labels/{label}:classify", status_code=400)
+async def classify(name: NameParam) -> None:
+    """Refused: Keras models have no classification signature."""
+    _unsupported("classify")
+
+
+@router.post("/v1/models/{name}:regress", status_code=400)
+@router.post("/v1/models/{name}/versions/{version}:regress", status_code=400)
+@router.post("/v1/models/{name}/labels/{label}:regress", status_code=400)
+async def regress(name: NameParam) -> None:
+    """Refused: Keras models have no regression signature."""
+    _unsupported("regress")
+
+
+def _version_status(version_id: str, version: int) -> VersionStatus:
+    """AVAILABLE: loaded here, or loads on the first request; LOADING: being loaded by this
+    process now; UNAVAILABLE: its last load here failed (with the reason)."""
+    cache = get_serving().cache
+    failure = cache.stats.failures.get(version_id)
+    if cache.loading(version_id):
+        return VersionStatus(version=str(version), state="LOADING",
+                             status={"error_code": "OK", "error_message": ""})
+    if failure is not None:
+        return VersionStatus(version=str(version), state="UNAVAILABLE",
+                             status={"error_code": "UNKNOWN", "error_message": failure})
+    return VersionStatus(version=str(version), state="AVAILABLE",
+                         status={"error_code": "OK", "error_message": ""})
+
+
+def _model_read(session: Any, owner: str, name: str, version: int | None) -> ModelRead:
+    versions = registry.versions(session, owner, name)
+    shown = [v for v in versions if version is None or v.version == version]
+    if not shown:
+        registry.resolve(session, owner, name, version)  # the 404
+    return ModelRead(name=name, latest_version=versions[0].version,
+                     versions=[ModelVersionRead.model_validate(v) for v in shown],
+                     labels=registry.labels(session, owner, name),
+                     model_version_status=[_version_status(v.id, v.version) for v in shown])
+
+
+@router.get("/v1/models/{name}", response_model=ModelRead, tags=["models"])
+def get_model(caller: CallerDep, session: SessionDep, name: NameParam) -> ModelRead:
+    """A model's versions (newest first), labels, and TF Serving's `model_version_status`."""
+    return _model_read(session, caller.owner, name, None)
+
+
+@router.get("/v1/models/{name}/versions/{version}", response_model=ModelRead, tags=["models"])
+def get_model_version(caller: CallerDep, session: SessionDep, name: NameParam,
+                      version: VersionParam) -> ModelRead:
+    return _model_read(session, caller.owner, name, version)
+
+
+def _metadata(model: LoadedModel) -> dict[str, Any]:
+    return {"name": model.name, "version": model.version,
+            "inputs": [i.as_dict() for i in model.servable.inputs],
+            "outputs": [o.as_dict() for o in model.servable.outputs]}
+
+
+@router.get("/v1/models/{name}/metadata")
+async def get_metadata(caller: CallerDep, name: NameParam) -> dict[str, Any]:
+    """Input and output names, shapes and dtypes of the latest version."""
+    return _metadata(await loaded_model(Ref(caller.owner, name)))
+
+
+@router.get("/v1/models/{name}/versions/{version}/metadata")
+async def get_version_metadata(caller: CallerDep, name: NameParam,
+                               version: VersionParam) -> dict[str, Any]:
+    return _metadata(await loaded_model(Ref(caller.owner, name, version=version)))
+
+
+@router.get("/v1/models/{name}/labels/{label}/metadata")
+async def get_label_metadata(caller: CallerDep, name: NameParam,
+                             label: LabelParam) -> dict[str, Any]:
+    return _metadata(await loaded_model(Ref(caller.owner, name, label=label)))
+
+
+# --- labels ----------------------------------------------------------------------------------
+
+@router.put("/v1/models/{name}/labels/{label}", response_model=LabelRead, tags=["models"])
+async def put_label(caller: CallerDep, name: NameParam, label: LabelParam,
+                    body: LabelSet) -> LabelRead:
+    """Point `label` at a version. The version is loaded and warmed in this process first; if
+    it cannot be loaded the label stays where it was (422 with the reason)."""
+    try:
+        await loaded_model(Ref(caller.owner, name, version=body.version))
+    except DomainError as exc:
+        if exc.status != 503:
+            raise
+        raise DomainError(422, "Version cannot be served", f"{exc.detail} The label '{label}' "
+                          "was not moved.", type="/problems/invalid-input") from exc
+
+    def move() -> None:
+        with session_scope() as s:
+            registry.set_label(s, get_serving().store, caller.owner, name, label, body.version)
+
+    await run_in_threadpool(move)
+    return LabelRead(name=name, label=label, version=body.version)
+
+
+@router.delete("/v1/models/{name}/labels/{label}", status_code=status.HTTP_204_NO_CONTENT,
+               tags=["models"])
+def delete_label(caller: CallerDep, session: SessionDep, name: NameParam,
+                 label: LabelParam) -> None:
+    registry.delete_label(session, get_serving().store, caller.owner, name, label)
+
+
+# --- Open Inference Protocol v2 (KServe, Triton) ------------------------------------------
+
+@router.get("/v2/health/live", tags=["v2"])
+async def v2_live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready", tags=["v2"])
+async def v2_ready() -> Response:
+    """Ready once TensorFlow is imported and the recently served models are loaded."""
+    ready = get_serving().ready.is_set()
+    return Response(codec.dumps({"ready": ready}, []), media_type="application/json",
+                    status_code=200 if ready else 503)
+
+
+@router.get("/v2", tags=["v2"])
+async def v2_server() -> dict[str, Any]:
+    from app import __version__
+
+    return {"name": "keras-jobs", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+async def _v2_metadata(ref: Ref) -> dict[str, Any]:
+    model = await loaded_model(ref)
+
+    def versions() -> list[int]:
+        with session_scope() as s:
+            return [v.version for v in registry.versions(s, ref.owner, ref.name)]
+
+    return oip.model_metadata(model.name, await run_in_threadpool(versions), "keras",
+                              model.servable.inputs, model.servable.outputs)
+
+
+@router.get("/v2/models/{name}", tags=["v2"])
+async def v2_model(caller: CallerDep, name: NameParam) -> dict[str, Any]:
+    return await _v2_metadata(Ref(caller.owner, name))
+
+
+@router.get("/v2/models/{name}/versions/{version}", tags=["v2"])
+async def v2_model_version(caller: CallerDep, name: NameParam,
+                           version: VersionParam) -> dict[str, Any]:
+    return await _v2_metadata(Ref(caller.owner, name, version=version))
+
+
+async def _v2_ready(ref: Ref) -> dict[str, Any]:
+    model = await loaded_model(ref)
+    return {"name": model.name, "version": str(model.version), "ready": True}
+
+
+@router.get("/v2/models/{name}/ready", tags=["v2"])
+async def v2_model_ready(caller: CallerDep, name: NameParam) -> dict[str, Any]:
+    return await _v2_ready(Ref(caller.owner, name))
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"])
+async def v2_model_version_ready(caller: CallerDep, name: NameParam,
+                                 version: VersionParam) -> dict[str, Any]:
+    return await _v2_ready(Ref(caller.owner, name, version=version))
+
+
+async def _infer(request: Request, ref: Ref) -> Response:
+    raw = await _body(request)
+    model = await loaded_model(ref)
+    inputs, outputs = model.servable.inputs, model.servable.outputs
+    header_length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH))
+    arrays, requested, binary, request_id = oip.decode_infer(raw, header_length, inputs,
+                                                             outputs=outputs)
+    results = await run(ref, model, arrays)
+    body, headers = oip.encode_infer(model.name, model.version, results, outputs, requested,
+                                     binary, request_id)
+    return Response(body, headers=headers)
+
+
+@router.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra=INFER_OPENAPI)
+async def v2_infer(caller: CallerDep, name: NameParam, request: Request) -> Response:
+    """Inference in the Open Inference Protocol v2 (JSON, or its binary tensor extension)."""
+    return await _infer(request, Ref(caller.owner, name))
+
+
+@router.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"],
+             openapi_extra=INFER_OPENAPI)
+async def v2_infer_version(caller: CallerDep, name: NameParam, version: VersionParam,
+                           request: Request) -> Response:
+    return await _infer(request, Ref(caller.owner, name, version=version))

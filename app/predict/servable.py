@@ -28,8 +28,13 @@ class Servable:
         signature = [tf.TensorSpec(shape=i.shape, dtype=i.dtype, name=i.name)
                      for i in self.inputs]
         single = len(self.inputs) == 1
+        # What the weights hold: the cache's memory budget counts this.
+        self.nbytes = int(sum(np.prod(w.shape) * np.dtype(w.dtype).itemsize
+                              for w in model.weights))
+        self.traces = 0  # how often TensorFlow traced `call` (tests check warm-up covers all)
 
         def call(*xs: Any) -> Any:
+            self.traces += 1  # runs only while tracing
             out = model(xs[0] if single else list(xs), training=False)
             return list(out) if isinstance(out, (list, tuple)) else [out]
 
@@ -39,3 +44,8 @@ class Servable:
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Run one batch; `arrays` are in the order of `self.inputs`."""
         return [t.numpy() for t in self._fn(*arrays)]
+
+    def example(self) -> list[np.ndarray]:
+        """One row of zeros per input (free dimensions as 1), for warming up."""
+        return [np.zeros([1, *(d or 1 for d in i.shape[1:])], dtype=i.dtype)
+                for i in self.inputs]

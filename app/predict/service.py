@@ -1,41 +1,195 @@
-"""Serving: a registry version, loaded once per process, answers TensorFlow Serving requests."""
+"""Serving: resolve what a request names to a registry version (cached, no database query per
+request), load it once per process, and run requests through its dynamic batcher.
+
+The resolution cache is dropped whenever the registry's generation changes (a file in the
+artifact store replaced on every new version or label move, checked with one stat()), so every
+API process sees a new version or a moved label on its next request."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
 
-from sqlalchemy.orm import Session
+import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from app.core.config import get_settings
-from app.core.storage import ArtifactStore
-from app.predict.cache import ServableCache
-from app.predict.codec import decode, encode
-from app.predict.servable import Servable
+from app.core.db import session_scope
+from app.core.errors import DomainError
+from app.core.storage import ArtifactStore, get_store
+from app.predict.batcher import BatcherClosed, BatchPolicy, Overloaded
+from app.predict.cache import LoadedModel, ModelCache
 from app.registry import service as registry
+
+log = logging.getLogger(__name__)
+RECENT_FILE = "serving/recent.json"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """What a request names: a version, a label, or (neither) the latest version."""
+
+    owner: str
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    id: str
+    name: str
+    version: int
+    folder: Path
+
+
+class Serving:
+    """This process's serving state: resolution cache, loaded models, readiness."""
+
+    def __init__(self, store: ArtifactStore, cache: ModelCache) -> None:
+        self.store = store
+        self.cache = cache
+        self.ready = threading.Event()
+        self._generation = store.generation()
+        self._resolved: dict[Ref, Resolved] = {}
+        self._recent_lock = threading.Lock()
+
+    def cached(self, ref: Ref) -> Resolved | None:
+        generation = self.store.generation()
+        if generation != self._generation:
+            self._resolved = {}
+            self._generation = generation
+        return self._resolved.get(ref)
+
+    def resolve(self, ref: Ref) -> Resolved:
+        """Blocking: asks the database. The generation is read first, so a change made while
+        the query runs invalidates what it returns on the next request."""
+        generation = self.store.generation()
+        with session_scope() as s:
+            mv = registry.resolve(s, ref.owner, ref.name, ref.version, ref.label)
+            found = Resolved(mv.id, mv.name, mv.version, self.store.path(mv.artifact_key))
+        if generation == self._generation:
+            self._resolved[ref] = found
+        return found
+
+    def load(self, owner: str, found: Resolved) -> LoadedModel:
+        """Blocking: load and warm (once per process); remembered as recently served."""
+        try:
+            loaded = self.cache.get(found.id, found.name, found.version,
+                                    self.store.model_file(found.folder))
+        except Exception as exc:
+            raise DomainError(503, "Model unavailable", f"Version {found.version} of "
+                              f"'{found.name}' could not be loaded: {exc}",
+                              type="/problems/model-unavailable") from exc
+        self._note_served(owner, found.name)
+        return loaded
+
+    def _note_served(self, owner: str, name: str) -> None:
+        """Which models this store's API processes served lately (start-up loads them)."""
+        path = self.store.root / RECENT_FILE
+        with self._recent_lock:
+            recent = read_recent(path)
+            recent[f"{owner}/{name}"] = time.time()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(recent))
+            tmp.replace(path)
+
+
+def read_recent(path: Path) -> dict[str, float]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def batch_policy() -> BatchPolicy:
+    s = get_settings()
+    return BatchPolicy.build(max_batch_size=s.batch_max_size,
+                             batch_timeout_ms=s.batch_timeout_ms,
+                             max_queued_rows=s.batch_queue_rows or None,
+                             threads=s.batch_threads)
 
 
 @lru_cache
-def get_cache() -> ServableCache:
-    return ServableCache(get_settings().model_cache_size)
+def get_serving() -> Serving:
+    s = get_settings()
+    return Serving(get_store(), ModelCache(s.model_cache_size, s.model_cache_bytes,
+                                           batch_policy()))
 
 
-def _servable(session: Session, store: ArtifactStore, owner: str, name: str,
-              version: int | None) -> tuple[Any, Servable]:
-    mv = registry.resolve(session, owner, name, version)
-    return mv, get_cache().get(mv.id, store.model_file(store.path(mv.artifact_key)))
+async def loaded_model(ref: Ref) -> LoadedModel:
+    """The loaded model for `ref`; only a cache miss leaves the event loop."""
+    serving = get_serving()
+    found = serving.cached(ref)
+    if found is None:
+        found = await run_in_threadpool(serving.resolve, ref)
+    model = serving.cache.peek(found.id)
+    if model is None:
+        model = await run_in_threadpool(serving.load, ref.owner, found)
+    return model
 
 
-def predict(session: Session, store: ArtifactStore, owner: str, name: str, version: int | None,
-            body: Any) -> bytes:
-    _mv, servable = _servable(session, store, owner, name, version)
-    arrays, fmt = decode(body, servable.inputs)
-    return encode(servable(arrays), servable.outputs, fmt)
+async def run(ref: Ref, model: LoadedModel, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Through the model's batcher. A model evicted while the request waited is loaded again
+    and the request retried once; a full queue is a 503 with Retry-After."""
+    try:
+        try:
+            return await model.batcher.predict(arrays)
+        except BatcherClosed:
+            model = await loaded_model(ref)
+            return await model.batcher.predict(arrays)
+    except Overloaded as exc:
+        retry = max(1, int(exc.retry_after_s + 0.999))
+        raise DomainError(503, "Overloaded", f"{model.name}/{model.version} has more requests "
+                          f"queued than it may hold; retry in {retry} s.",
+                          type="/problems/overloaded", headers={"Retry-After": str(retry)}
+                          ) from exc
 
 
-def metadata(session: Session, store: ArtifactStore, owner: str, name: str,
-             version: int | None) -> dict[str, Any]:
-    mv, servable = _servable(session, store, owner, name, version)
-    return {"name": mv.name, "version": mv.version,
-            "inputs": [i.as_dict() for i in servable.inputs],
-            "outputs": [o.as_dict() for o in servable.outputs]}
+def import_tensorflow() -> None:
+    """TensorFlow and Keras, imported once at start-up (seconds a first request must not pay)."""
+    import keras  # noqa: F401
+    import tensorflow  # noqa: F401
+
+
+def preload(days: float) -> list[str]:
+    """Load the labelled and latest versions of the models this store served in the last
+    `days` (most recent first, as many as the cache holds). Blocking; at API start-up, before
+    /readyz says ready."""
+    serving = get_serving()
+    recent = read_recent(serving.store.root / RECENT_FILE)
+    cutoff = time.time() - days * 86400
+    names = [k for k, t in sorted(recent.items(), key=lambda kv: -kv[1]) if t >= cutoff]
+    loaded: list[str] = []
+    for key in names[:serving.cache.capacity]:
+        owner, _, name = key.partition("/")
+        try:
+            with session_scope() as s:
+                refs = [Ref(owner, name, label=label) for label in registry.labels(s, owner, name)]
+            for ref in [Ref(owner, name), *refs]:
+                found = serving.resolve(ref)
+                serving.load(owner, found)
+                loaded.append(f"{found.name}/{found.version}")
+        except DomainError as exc:  # gone or broken since: it loads (or fails) on demand
+            log.warning("preload of %s skipped: %s", key, exc.detail)
+    serving.ready.set()
+    return loaded
+
+
+async def start_preload() -> None:
+    days = get_settings().preload_days
+    try:
+        loaded = await asyncio.to_thread(preload, days)
+        if loaded:
+            log.info("serving ready; preloaded %s", ", ".join(loaded))
+    except Exception:
+        log.exception("preloading models failed; they load on first request")
+        get_serving().ready.set()

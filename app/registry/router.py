@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
 
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.multipart import openapi_body, receive_file
@@ -9,10 +10,9 @@ from app.api.schemas import Page
 from app.registry import service, upload
 from app.registry.schemas import (
     ModelListItem,
-    ModelRead,
     ModelVersionCreated,
-    ModelVersionRead,
     NameParam,
+    VersionParam,
 )
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -28,11 +28,14 @@ def list_models(
     return page.of([ModelListItem(**r) for r in rows], total)
 
 
-@router.get("/{name}", response_model=ModelRead)
-def get_model(caller: CallerDep, session: SessionDep, name: NameParam) -> ModelRead:
-    versions = service.versions(session, caller.owner, name)
-    return ModelRead(name=name, latest_version=versions[0].version,
-                     versions=[ModelVersionRead.model_validate(v) for v in versions])
+@router.get("/{name}/versions/{version}/download", response_class=FileResponse,
+            responses={200: {"content": {"application/zip": {}}}})
+def download_version(caller: CallerDep, session: SessionDep, store: StoreDep, name: NameParam,
+                     version: VersionParam) -> FileResponse:
+    """The version's `.keras` file, as `keras.saving.load_model` reads it."""
+    mv = service.resolve(session, caller.owner, name, version)
+    return FileResponse(store.model_file(store.path(mv.artifact_key)), media_type="application/zip",
+                        filename=f"{name}-{version}.keras")
 
 
 @router.post("/{name}/versions", status_code=status.HTTP_201_CREATED,

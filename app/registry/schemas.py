@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # A model name, and a reference to one of its versions: 'name' (the latest) or 'name/3'.
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
@@ -12,8 +12,12 @@ MODEL_NAME_PATTERN = rf"^{_NAME}$"
 MODEL_REF_PATTERN = rf"^{_NAME}(/[1-9][0-9]*)?$"
 MAX_VERSION = 2**31 - 1  # the version column is a 32-bit integer
 
+# A label (e.g. production, canary) starts with a letter, so it never reads as a version.
+LABEL_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$"
+
 NameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
 VersionParam = Annotated[int, Path(ge=1, le=MAX_VERSION)]
+LabelParam = Annotated[str, Path(pattern=LABEL_PATTERN)]
 
 
 class ModelVersionRead(BaseModel):
@@ -26,10 +30,32 @@ class ModelVersionRead(BaseModel):
     created_at: datetime
 
 
+class VersionStatus(BaseModel):
+    """TensorFlow Serving's model_version_status entry."""
+
+    version: str
+    state: str  # AVAILABLE | LOADING | UNAVAILABLE
+    status: dict[str, str]  # {"error_code": "OK" | "UNKNOWN", "error_message": ""}
+
+
 class ModelRead(BaseModel):
     name: str
     latest_version: int
     versions: list[ModelVersionRead]
+    labels: dict[str, int]
+    model_version_status: list[VersionStatus]
+
+
+class LabelSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=MAX_VERSION)
+
+
+class LabelRead(BaseModel):
+    name: str
+    label: str
+    version: int
 
 
 class ModelListItem(BaseModel):

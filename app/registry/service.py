@@ -12,17 +12,24 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.db import on_rollback
+from app.core.db import on_commit, on_rollback, upsert
 from app.core.errors import conflict, not_found
 from app.core.storage import ArtifactStore
-from app.tables import ModelVersion
+from app.tables import ModelLabel, ModelVersion
+from app.tables.base import utcnow
 
 # Attempts at taking the next version number when concurrent publishers keep taking it first.
 VERSION_ATTEMPTS = 8
 
 
-def resolve(session: Session, owner: str, name: str, version: int | None) -> ModelVersion:
-    """Version `version` of `name`, or its latest when None."""
+def resolve(session: Session, owner: str, name: str, version: int | None,
+            label: str | None = None) -> ModelVersion:
+    """Version `version` of `name`, the one `label` points at, or its latest when neither."""
+    if label is not None:
+        pointed = session.get(ModelLabel, (owner, name, label))
+        if pointed is None:
+            raise not_found("Model label", f"{name}/labels/{label}")
+        version = pointed.version
     query = select(ModelVersion).where(ModelVersion.owner == owner, ModelVersion.name == name)
     if version is None:
         found = session.scalars(query.order_by(ModelVersion.version.desc()).limit(1)).first()
@@ -65,9 +72,37 @@ def publish_version(session: Session, store: ArtifactStore, owner: str, name: st
             continue
         store.publish(staging, key)
         on_rollback(session, lambda k=key: store.delete(k))
+        on_commit(session, store.bump_generation)
         return mv
     raise conflict(f"Could not take a version number of {name}: too many concurrent "
                    "publishers; retry.")
+
+
+def labels(session: Session, owner: str, name: str) -> dict[str, int]:
+    rows = session.scalars(select(ModelLabel).where(ModelLabel.owner == owner,
+                                                    ModelLabel.name == name)
+                           .order_by(ModelLabel.label)).all()
+    return {r.label: r.version for r in rows}
+
+
+def set_label(session: Session, store: ArtifactStore, owner: str, name: str, label: str,
+              version: int) -> None:
+    """Point `label` at `version` (which must exist); every process sees it after commit."""
+    resolve(session, owner, name, version)
+    upsert(session, ModelLabel, {"owner": owner, "name": name, "label": label,
+                                 "version": version, "updated_at": utcnow()},
+           ["owner", "name", "label"])
+    on_commit(session, store.bump_generation)
+
+
+def delete_label(session: Session, store: ArtifactStore, owner: str, name: str,
+                 label: str) -> None:
+    row = session.get(ModelLabel, (owner, name, label))
+    if row is None:
+        raise not_found("Model label", f"{name}/labels/{label}")
+    session.delete(row)
+    session.flush()
+    on_commit(session, store.bump_generation)
 
 
 def list_models(session: Session, owner: str, limit: int, offset: int

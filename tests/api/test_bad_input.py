@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,12 @@ def test_not_found_and_cancel_unknown(client: Any) -> None:
 
 def test_health(client: Any) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    ready = client.get("/readyz").json()
-    assert ready["checks"] == {"database": "ok", "broker": "ok", "artifact_store": "ok"}
+    deadline = time.monotonic() + 60  # TensorFlow is imported in the background at start-up
+    while (r := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+        assert r.json()["checks"]["serving"] == "starting"
+        time.sleep(0.2)
+    ready = r.json()
+    assert ready["checks"] == {"database": "ok", "broker": "ok", "artifact_store": "ok",
+                               "serving": "ok"}
+    assert isinstance(ready["loaded_models"], list)
     assert client.get("/docs").status_code == 200

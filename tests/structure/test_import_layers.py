@@ -24,6 +24,8 @@ def module_name(path: Path) -> str:
 
 def layer(module: str) -> int:
     parts = module.split(".")
+    if parts == ["app"]:
+        return 0  # the package itself holds only __version__
     if parts[0] == "worker":
         return 3
     if len(parts) == 1 or parts[1] in ("main", "cli"):
