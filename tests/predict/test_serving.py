@@ -1,0 +1,342 @@
+"""Serving over HTTP with real Keras models uploaded as `.keras` versions: dynamic batching,
+labels, TF Serving's formats (JSON rows and columns, .npy/.npz), the Open Inference Protocol
+v2 through tritonclient, errors that name the signature, model status and download."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.helpers import assert_problem
+
+pytestmark = pytest.mark.slow
+
+
+def _save(model: Any, tmp: Path) -> bytes:
+    path = tmp / f"{secrets.token_hex(4)}.keras"
+    model.save(path)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def keras_models() -> dict[str, Any]:
+    import keras
+
+    keras.utils.set_random_seed(3)
+    mlp = keras.Sequential([keras.Input(shape=(2,), name="x"), keras.layers.Dense(8, "relu"),
+                            keras.layers.Dense(3)])
+    a, b = keras.Input(shape=(2,), name="a"), keras.Input(shape=(3,), name="b")
+    joined = keras.layers.Concatenate()([a, b])
+    multi = keras.Model([a, b], [keras.layers.Dense(2, activation="softmax", name="cls")(joined),
+                                 keras.layers.Dense(1, name="reg")(joined)])
+    image = keras.Input(shape=(64, 64, 3), name="image")
+    h = keras.layers.Conv2D(32, 3, activation="relu")(image)
+    h = keras.layers.Conv2D(32, 3, activation="relu")(h)
+    slow = keras.Model(image, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(h)))
+    other = keras.Sequential([keras.Input(shape=(2,), name="x"), keras.layers.Dense(3)])
+    return {"mlp": mlp, "multi": multi, "slow": slow, "other": other}
+
+
+def publish(client: Any, name: str, model: Any, tmp: Path) -> int:
+    r = client.post(f"/v1/models/{name}/versions", files={"file": ("m.keras", _save(model, tmp))})
+    assert r.status_code == 201, r.text
+    return int(r.json()["version"])
+
+
+@pytest.fixture
+def batching(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh serving state with the batch timeout and queue bound a test asks for."""
+    from app.core.config import get_settings
+    from app.predict.service import get_serving
+
+    def fresh() -> None:
+        get_serving().cache.clear()
+        get_settings.cache_clear()
+        get_serving.cache_clear()
+
+    def configure(timeout_ms: float, queue_rows: int) -> None:
+        monkeypatch.setenv("KJ_BATCH_TIMEOUT_MS", str(timeout_ms))
+        monkeypatch.setenv("KJ_BATCH_QUEUE_ROWS", str(queue_rows))
+        fresh()
+
+    yield configure
+    monkeypatch.undo()
+    fresh()
+
+
+def loaded(name: str, version: int) -> Any:
+    from app.predict.service import get_serving
+
+    found = [m for m in get_serving().cache.loaded() if (m.name, m.version) == (name, version)]
+    assert found, f"{name}/{version} is not loaded"
+    return found[0]
+
+
+def test_concurrent_requests_merge_and_each_gets_its_rows(
+        client: Any, keras_models: dict[str, Any], tmp_path: Path, batching: Any) -> None:
+    batching(timeout_ms=30, queue_rows=4096)
+    name = f"merge-{secrets.token_hex(3)}"
+    version = publish(client, name, keras_models["mlp"], tmp_path)
+    rng = np.random.default_rng(0)
+    sizes = [1, 3, 7, 2, 5, 70, 1, 9, 130, 4] * 4  # odd sizes, and some above max_batch_size
+    bodies = [rng.normal(size=(n, 2)).astype("float32") for n in sizes]
+    assert client.post(f"/v1/models/{name}:predict",
+                       json={"instances": [[0.0, 0.0]]}).status_code == 200
+    model = loaded(name, version)
+    traces = model.servable.traces
+
+    def call(x: np.ndarray) -> np.ndarray:
+        r = client.post(f"/v1/models/{name}:predict", json={"instances": x.tolist()})
+        assert r.status_code == 200, r.text
+        return np.array(r.json()["predictions"], dtype="float32")
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        answers = list(pool.map(call, bodies))
+    expected = [np.asarray(keras_models["mlp"](x)) for x in bodies]
+    for got, want in zip(answers, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    stats = model.batcher.stats
+    assert max(stats.batch_sizes) > 1, stats  # requests were merged
+    assert set(stats.batch_sizes) <= {1, 2, 4, 8, 16, 32, 64}  # padded to the allowed sizes
+    assert model.servable.traces == traces  # warm-up traced everything: no new trace
+
+
+def test_full_queue_is_503_with_retry_after(client: Any, keras_models: dict[str, Any],
+                                           tmp_path: Path, batching: Any) -> None:
+    batching(timeout_ms=2, queue_rows=128)
+    name = f"slow-{secrets.token_hex(3)}"
+    publish(client, name, keras_models["slow"], tmp_path)
+    x = np.zeros((64, 64, 64, 3), dtype="float32")
+    buf = io.BytesIO()
+    np.save(buf, x)
+    url = f"/v1/models/{name}:predict"
+    headers = {"Content-Type": "application/x-npy"}
+    assert client.post(url, content=buf.getvalue(), headers=headers).status_code == 200
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(lambda _: client.post(url, content=buf.getvalue(),
+                                                      headers=headers), range(12)))
+    codes = sorted(r.status_code for r in answers)
+    assert 200 in codes and 503 in codes, codes
+    refused = next(r for r in answers if r.status_code == 503)
+    body = assert_problem(refused, 503)
+    assert int(refused.headers["retry-after"]) >= 1 and body["error"]
+    # A single request with more rows than the queue may ever hold can never succeed: 413.
+    big = io.BytesIO()
+    np.save(big, np.zeros((300, 64, 64, 3), dtype="float32"))
+    assert_problem(client.post(url, content=big.getvalue(), headers=headers), 413)
+
+
+def test_label_moves_under_load_and_a_broken_version_leaves_it(
+        client: Any, keras_models: dict[str, Any], tmp_path: Path,
+        service_env: dict[str, str]) -> None:
+    name = f"labels-{secrets.token_hex(3)}"
+    v1 = publish(client, name, keras_models["mlp"], tmp_path)
+    v2 = publish(client, name, keras_models["other"], tmp_path)
+    x = np.array([[0.5, -1.0]], dtype="float32")
+    outputs = {v1: np.asarray(keras_models["mlp"](x)), v2: np.asarray(keras_models["other"](x))}
+    r = client.put(f"/v1/models/{name}/labels/production", json={"version": v1})
+    assert r.status_code == 200 and r.json() == {"name": name, "label": "production",
+                                                 "version": v1}
+    stop = threading.Event()
+    seen: list[int] = []
+    failures: list[str] = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            r = client.post(f"/v1/models/{name}/labels/production:predict",
+                            json={"instances": x.tolist()})
+            if r.status_code != 200:
+                failures.append(r.text)
+                continue
+            got = np.array(r.json()["predictions"], dtype="float32")
+            match = [v for v, want in outputs.items() if np.allclose(got, want, atol=1e-5)]
+            if len(match) != 1:
+                failures.append(f"unexpected output {got}")
+            seen.extend(match)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for version in (v2, v1, v2):
+        time.sleep(0.3)
+        assert client.put(f"/v1/models/{name}/labels/production",
+                          json={"version": version}).status_code == 200
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert {v1, v2} <= set(seen)
+    assert seen[-1] == v2  # the last move holds
+
+    # A version whose file cannot be loaded: the label stays, and the reason is returned.
+    v3 = publish(client, name, keras_models["other"], tmp_path)
+    folder = Path(service_env["KJ_ARTIFACT_ROOT"]) / "models" / "local" / name / str(v3)
+    (folder / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    r = client.put(f"/v1/models/{name}/labels/production", json={"version": v3})
+    assert "could not be loaded" in assert_problem(r, 422)["detail"]
+    model = client.get(f"/v1/models/{name}").json()
+    assert model["labels"] == {"production": v2}
+    status = {s["version"]: s["state"] for s in model["model_version_status"]}
+    assert status[str(v3)] == "UNAVAILABLE" and status[str(v2)] == "AVAILABLE"
+    assert client.delete(f"/v1/models/{name}/labels/production").status_code == 204
+    assert_problem(client.post(f"/v1/models/{name}/labels/production:predict",
+                               json={"instances": x.tolist()}), 404)
+
+
+def test_tf_serving_formats_and_binary_tensors(client: Any, keras_models: dict[str, Any],
+                                               tmp_path: Path) -> None:
+    name = f"tfs-{secrets.token_hex(3)}"
+    version = publish(client, name, keras_models["mlp"], tmp_path)
+    x = np.random.default_rng(1).normal(size=(5, 2)).astype("float32")
+    want = np.asarray(keras_models["mlp"](x))
+    rows = client.post(f"/v1/models/{name}:predict", json={"instances": x.tolist()}).json()
+    np.testing.assert_allclose(rows["predictions"], want, atol=1e-5)
+    cols = client.post(f"/v1/models/{name}/versions/{version}:predict",
+                       json={"inputs": x.tolist()}).json()
+    np.testing.assert_allclose(cols["outputs"], want, atol=1e-5)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    r = client.post(f"/v1/models/{name}:predict", content=buf.getvalue(),
+                    headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-npy"
+    np.testing.assert_allclose(np.load(io.BytesIO(r.content)), want, atol=1e-5)
+    meta = client.get(f"/v1/models/{name}/metadata").json()
+    assert meta["inputs"] == [{"name": "x", "shape": [None, 2], "dtype": "float32"}]
+    for method in ("classify", "regress"):
+        assert_problem(client.post(f"/v1/models/{name}:{method}", json={}), 400)
+
+
+def test_multi_input_multi_output(client: Any, keras_models: dict[str, Any],
+                                  tmp_path: Path) -> None:
+    name = f"multi-{secrets.token_hex(3)}"
+    publish(client, name, keras_models["multi"], tmp_path)
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(4, 2)).astype("float32"), rng.normal(size=(4, 3)).astype("float32")
+    cls, reg = (np.asarray(t) for t in keras_models["multi"]([a, b]))
+    rows = client.post(f"/v1/models/{name}:predict", json={"instances": [
+        {"a": a[i].tolist(), "b": b[i].tolist()} for i in range(4)]}).json()["predictions"]
+    np.testing.assert_allclose([r["cls"] for r in rows], cls, atol=1e-5)
+    np.testing.assert_allclose([r["reg"] for r in rows], reg, atol=1e-5)
+    cols = client.post(f"/v1/models/{name}:predict",
+                       json={"inputs": {"a": a.tolist(), "b": b.tolist()}}).json()["outputs"]
+    np.testing.assert_allclose(cols["reg"], reg, atol=1e-5)
+    buf = io.BytesIO()
+    np.savez(buf, a=a, b=b)
+    r = client.post(f"/v1/models/{name}:predict", content=buf.getvalue(),
+                    headers={"Content-Type": "application/x-npz", "Accept": "application/x-npy"})
+    assert r.status_code == 200, r.text
+    out = np.load(io.BytesIO(r.content))
+    np.testing.assert_allclose(out["cls"], cls, atol=1e-5)
+    np.testing.assert_allclose(out["reg"], reg, atol=1e-5)
+
+
+def test_errors_name_the_expected_signature(client: Any, keras_models: dict[str, Any],
+                                            tmp_path: Path) -> None:
+    name = f"errors-{secrets.token_hex(3)}"
+    publish(client, name, keras_models["mlp"], tmp_path)
+    url = f"/v1/models/{name}:predict"
+    body = assert_problem(client.post(url, json={"instances": [[1.0, 2.0, 3.0]]}), 400)
+    assert "[None, 2] of float32" in body["detail"] and body["error"] == body["detail"]
+    body = assert_problem(client.post(url, json={"instances": [["a", "b"]]}), 400)
+    assert "float32" in body["detail"]
+    body = assert_problem(client.post(url, content=b"{nope"), 400)
+    assert body["error"]
+    assert_problem(client.post(f"/v1/models/nope-{secrets.token_hex(3)}:predict",
+                               json={"instances": [[1, 2]]}), 404)
+
+
+def test_model_status_and_download(client: Any, keras_models: dict[str, Any],
+                                   tmp_path: Path) -> None:
+    import keras
+
+    name = f"status-{secrets.token_hex(3)}"
+    version = publish(client, name, keras_models["mlp"], tmp_path)
+    model = client.get(f"/v1/models/{name}").json()
+    assert model["model_version_status"] == [{"version": str(version), "state": "AVAILABLE",
+                                               "status": {"error_code": "OK",
+                                                          "error_message": ""}}]
+    one = client.get(f"/v1/models/{name}/versions/{version}").json()
+    assert [v["version"] for v in one["versions"]] == [version]
+    r = client.get(f"/v1/models/{name}/versions/{version}/download")
+    assert r.status_code == 200
+    path = tmp_path / "downloaded.keras"
+    path.write_bytes(r.content)
+    x = np.ones((1, 2), dtype="float32")
+    np.testing.assert_allclose(keras.saving.load_model(path)(x), keras_models["mlp"](x),
+                               atol=1e-6)
+    assert_problem(client.get(f"/v1/models/{name}/versions/{version + 1}/download"), 404)
+
+
+@pytest.fixture(scope="module")
+def live_url(client: Any) -> Iterator[str]:
+    """The app under a real uvicorn server (tritonclient speaks real HTTP)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_open_inference_protocol_with_tritonclient(client: Any, live_url: str,
+                                                   keras_models: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    import tritonclient.http as httpclient
+
+    # Models only this server's event loop serves (a batcher serves one loop).
+    single, multi = f"oip-{secrets.token_hex(3)}", f"oip-multi-{secrets.token_hex(3)}"
+    publish(client, single, keras_models["mlp"], tmp_path)
+    publish(client, multi, keras_models["multi"], tmp_path)
+    triton = httpclient.InferenceServerClient(live_url)
+    assert triton.is_server_live()
+    deadline = time.monotonic() + 60
+    while not triton.is_server_ready() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert triton.is_server_ready() and triton.is_model_ready(single)
+    meta = triton.get_model_metadata(single)
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]
+
+    x = np.random.default_rng(4).normal(size=(3, 2)).astype("float32")
+    for binary in (False, True):
+        inp = httpclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        result = triton.infer(single, [inp], model_version="1")
+        out_name = meta["outputs"][0]["name"]
+        np.testing.assert_allclose(result.as_numpy(out_name), keras_models["mlp"](x), atol=1e-5)
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(2, 2)).astype("float32"), rng.normal(size=(2, 3)).astype("float32")
+    ins = [httpclient.InferInput("a", [2, 2], "FP32"), httpclient.InferInput("b", [2, 3], "FP32")]
+    ins[0].set_data_from_numpy(a)
+    ins[1].set_data_from_numpy(b, binary_data=False)
+    result = triton.infer(multi, ins, outputs=[httpclient.InferRequestedOutput("reg")])
+    np.testing.assert_allclose(result.as_numpy("reg"), keras_models["multi"]([a, b])[1],
+                               atol=1e-5)
+    assert result.as_numpy("cls") is None  # only the requested output came back
+    bad = httpclient.InferInput("x", [1, 2], "INT32")
+    bad.set_data_from_numpy(np.zeros((1, 2), dtype="int32"))
+    with pytest.raises(Exception, match="FP32"):
+        triton.infer(single, [bad])
