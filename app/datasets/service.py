@@ -1,7 +1,9 @@
-"""Datasets: stream an upload into the artifact store, validate it, record it."""
+"""Datasets: stream an upload into the artifact store, validate it, record it; record the
+arrays a job wrote (predictions) the same way."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -10,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.core.db import get_owned, on_commit, on_rollback, paginate
 from app.core.errors import FieldError, conflict, invalid
 from app.core.storage import ArtifactStore, ReceivedFile
-from app.datasets.ingest import ingest
+from app.datasets.ingest import _common_rows, _describe, ingest
 from app.tables import Dataset, Job, JobStatus
 from app.tables.base import new_id
 
@@ -31,12 +33,48 @@ def create(session: Session, store: ArtifactStore, owner: str, staging: Path,
                       filename=upload.filename, format=result.format, sha256=upload.sha256,
                       size_bytes=upload.size, num_rows=result.num_rows, arrays=result.arrays,
                       storage_key=key)
+    _add_published(session, store, dataset, arrays_dir)
+    return dataset
+
+
+def record_output(session: Session, store: ArtifactStore, owner: str, name: str,
+                  arrays_dir: Path, *, source: str, format: str = "npy") -> Dataset:
+    """Record arrays a job wrote (`arrays_dir/<name>.npy`, inside a staging folder) as a new
+    dataset, stored exactly as an upload is: one row and one folder of `.npy` files. `source`
+    (the job's id) stands where an upload has its file name; `sha256` and `size_bytes` cover
+    the array files, concatenated in name order."""
+    arrays = _describe(arrays_dir)
+    dataset_id = new_id("ds")
+    key = store.dataset_key(dataset_id)
+    sha256, size = _digest(arrays_dir, sorted(arrays))
+    dataset = Dataset(id=dataset_id, owner=owner, name=name[:200], filename=source[:300],
+                      format=format, sha256=sha256, size_bytes=size,
+                      num_rows=_common_rows(arrays), arrays=arrays, storage_key=key)
+    _add_published(session, store, dataset, arrays_dir)
+    return dataset
+
+
+def _digest(arrays_dir: Path, names: list[str]) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    for name in names:
+        with (arrays_dir / f"{name}.npy").open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    return digest.hexdigest(), size
+
+
+def _add_published(session: Session, store: ArtifactStore, dataset: Dataset,
+                   arrays_dir: Path) -> None:
+    """Add the row, then rename its folder into place (after the flush: a row that cannot be
+    inserted publishes nothing)."""
     session.add(dataset)
     session.flush()
+    key = dataset.storage_key
     store.publish(arrays_dir, key)
-    # If the request's commit fails later, the published folder must go too.
+    # If the transaction's commit fails later, the published folder must go too.
     on_rollback(session, lambda: store.delete(key))
-    return dataset
 
 
 def get(session: Session, owner: str, dataset_id: str) -> Dataset:

@@ -84,7 +84,25 @@ class EvaluateJobCreate(BaseModel):
     batch_size: int = Field(32, ge=1, le=1_000_000)
 
 
-JobCreate = Annotated[FitJobCreate | EvaluateJobCreate, Field(discriminator="type")]
+class PredictJobCreate(BaseModel):
+    """`model.predict(x, batch_size=batch_size)` over a whole dataset, streamed in chunks; the
+    predictions are stored as a new dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["predict"]
+    model: str = Field(pattern=MODEL_REF_PATTERN, description="'name' (latest version) or "
+                       "'name/3'")
+    dataset_id: str
+    x: ArraySelector = "x"
+    batch_size: int = Field(128, ge=1, le=1_000_000)
+    output_name: ArrayName = Field(
+        "predictions", description="The output dataset's array; a model with several outputs "
+        "gets one array per output, named '<output_name>.<model output name>'.")
+
+
+JobCreate = Annotated[FitJobCreate | EvaluateJobCreate | PredictJobCreate,
+                      Field(discriminator="type")]
 
 
 class FitJobParams(FitJobCreate):
@@ -98,7 +116,11 @@ class EvaluateJobParams(EvaluateJobCreate):
     model_version_id: str
 
 
-JobParams = FitJobParams | EvaluateJobParams
+class PredictJobParams(PredictJobCreate):
+    model_version_id: str
+
+
+JobParams = FitJobParams | EvaluateJobParams | PredictJobParams
 _PARAMS: TypeAdapter[JobParams] = TypeAdapter(
     Annotated[JobParams, Field(discriminator="type")])
 

@@ -1,5 +1,5 @@
-"""Jobs: validate a fit/evaluate request against what it names, record it, enqueue it after
-commit; read it back with its history; cancel it."""
+"""Jobs: validate a fit/evaluate/predict request against what it names, record it, enqueue it
+after commit; read it back with its history; cancel it."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from app.jobs.schemas import (
     FitJobCreate,
     FitJobParams,
     JobRead,
+    PredictJobCreate,
+    PredictJobParams,
 )
 from app.registry import service as registry
 from app.specs import service as specs
@@ -25,7 +27,10 @@ from app.tables import Dataset, Job, JobEpoch, JobStatus, JobType
 
 
 def _check_selector(dataset: Dataset, selector: Any, pointer: str) -> None:
-    """Every array the job names must exist in the dataset."""
+    """Every array the job names must exist in the dataset, and it names at least one."""
+    if not selector:
+        raise invalid("An empty selector names no array.",
+                      [FieldError(pointer, "name an array, a list of arrays, or a mapping")])
     if isinstance(selector, dict):
         for key, sub in selector.items():
             _check_selector(dataset, sub, f"{pointer}/{key}")
@@ -41,21 +46,34 @@ def _check_selector(dataset: Dataset, selector: Any, pointer: str) -> None:
             )
 
 
-def create(session: Session, owner: str, body: FitJobCreate | EvaluateJobCreate) -> Job:
+def create(session: Session, owner: str,
+           body: FitJobCreate | EvaluateJobCreate | PredictJobCreate) -> Job:
     dataset = _dataset(session, owner, body.dataset_id, "/dataset_id")
     _check_selector(dataset, body.x, "/x")
-    _check_selector(dataset, body.y, "/y")
     if isinstance(body, FitJobCreate):
+        _check_selector(dataset, body.y, "/y")
         job = _fit_job(session, owner, body, dataset)
-    else:
+    elif isinstance(body, EvaluateJobCreate):
+        _check_selector(dataset, body.y, "/y")
         found = _model_ref(session, owner, body.model, "/model")
         params = EvaluateJobParams(**body.model_dump(), model_version_id=found.id)
         job = Job(owner=owner, type=JobType.evaluate, params=params.model_dump(mode="json"),
                   dataset_id=dataset.id, model_name=found.name, model_version=found.version)
+    else:
+        job = _predict_job(session, owner, body, dataset)
     session.add(job)
     session.flush()
     state.enqueue_after_commit(session, job.id)
     return job
+
+
+def _predict_job(session: Session, owner: str, body: PredictJobCreate, dataset: Dataset) -> Job:
+    # The version is pinned now: "name" means the latest version at submit time, even if a
+    # newer one is published while the job waits in the queue.
+    found = _model_ref(session, owner, body.model, "/model")
+    params = PredictJobParams(**body.model_dump(), model_version_id=found.id)
+    return Job(owner=owner, type=JobType.predict, params=params.model_dump(mode="json"),
+               dataset_id=dataset.id, model_name=found.name, model_version=found.version)
 
 
 def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset) -> Job:

@@ -25,6 +25,7 @@ class JobStatus(enum.StrEnum):
 class JobType(enum.StrEnum):
     fit = "fit"
     evaluate = "evaluate"
+    predict = "predict"
 
 
 class Job(Base):

@@ -1,4 +1,4 @@
-"""Runs one fit or evaluate job in the worker's child process.
+"""Runs one fit, evaluate or predict job in the worker's child process.
 
 A fit job makes exactly these Keras calls (README, "Reproducing a fit job"):
 
@@ -21,11 +21,12 @@ from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.errors import DomainError
 from app.core.storage import ArtifactStore, get_store
+from app.datasets import service as datasets
 from app.jobs import state
-from app.jobs.schemas import EvaluateJobParams, FitJobParams, parse_params
+from app.jobs.schemas import EvaluateJobParams, FitJobParams, PredictJobParams, parse_params
 from app.registry import service as registry
 from app.tables import Dataset, Job, JobStatus, Spec
-from app.training import data
+from app.training import batch_predict, data
 from app.training.cancel import CancelWatcher
 from app.training.fit_inputs import FitInputs
 
@@ -49,6 +50,8 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
             params = parse_params(job.params)
             if isinstance(params, FitJobParams):
                 _fit(job, params, store, watcher)
+            elif isinstance(params, PredictJobParams):
+                _predict(job, params, store, watcher)
             else:
                 _evaluate(job, params, store, watcher)
         except Cancelled:
@@ -183,3 +186,33 @@ def _evaluate(job: Job, p: EvaluateJobParams, store: ArtifactStore,
     if canceller.cancelled:
         raise Cancelled()
     state.finish(job.id, JobStatus.succeeded, result=clean_logs(logs))
+
+
+def _predict(job: Job, p: PredictJobParams, store: ArtifactStore, watcher: CancelWatcher) -> None:
+    """`model.predict(x, batch_size)` chunk by chunk into a staging folder, then in one
+    transaction record the predictions as a new dataset and mark the job succeeded."""
+    assert job.dataset_id is not None
+    arrays = _arrays(job.dataset_id, store)
+    model = _load_version(p.model_version_id, store, compile=False)
+
+    def check_cancel() -> None:
+        if watcher.requested.is_set():
+            raise Cancelled()
+
+    with store.staging() as staging:
+        out_dir = staging / "arrays"
+        out_dir.mkdir()
+        written = batch_predict.predict_to_files(
+            arrays, p.x, lambda x: model.predict(x, batch_size=p.batch_size, verbose=0),
+            out_dir, output_name=p.output_name,
+            output_names=list(getattr(model, "output_names", None) or []),
+            chunk=batch_predict.chunk_rows(p.batch_size, batch_predict.row_bytes(arrays, p.x)),
+            check_cancel=check_cancel)
+        check_cancel()  # a cancel that came during the last chunk still wins
+        with session_scope() as s:
+            name = f"{p.output_name} of {job.model_name}/{job.model_version} on {job.dataset_id}"
+            dataset = datasets.record_output(s, store, job.owner, name, out_dir, source=job.id)
+            result = {"dataset_id": dataset.id, "rows": written.rows, "arrays": dataset.arrays}
+            if not state.finish(job.id, JobStatus.succeeded, result=result, session=s):
+                # Ended meanwhile (the cancel backstop): roll back, so no dataset is left.
+                raise Cancelled()
