@@ -5,15 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.core.db import database_unavailable
 from app.core.errors import DomainError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
+# A database outage answers 503 with this Retry-After: about the connect and pool timeouts.
+DB_RETRY_AFTER_S = 5
 
 
 # Serving protocols whose clients read `{"error": "..."}` (TF Serving, KServe/Triton).
@@ -68,6 +73,21 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail), str(exc.detail), request.url.path)
+
+    @app.exception_handler(sqlalchemy.exc.DBAPIError)
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    @app.exception_handler(psycopg.OperationalError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # Handled here, so uvicorn sends a normal response and keeps the connection alive.
+        if not database_unavailable(exc):
+            raise exc  # a wrong statement is a bug: the generic 500 below, logged
+        cause = getattr(exc, "orig", None) or exc
+        log.warning("database unavailable on %s: %s: %s", request.url.path,
+                    type(cause).__name__, str(cause).strip())
+        return problem(503, "Database unavailable", "The database is unreachable or did not "
+                       f"answer in time; try again in {DB_RETRY_AFTER_S} seconds.",
+                       request.url.path, type_="/problems/database-unavailable",
+                       headers={"Retry-After": str(DB_RETRY_AFTER_S)})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

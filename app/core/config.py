@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # Dynamic batching of predict requests (per loaded version; bench/predict.py measures them):
     # at most batch_max_size rows per model call, waiting at most batch_timeout_ms for company;
     # batches are padded to powers of two up to batch_max_size. Past batch_queue_rows queued
-    # rows (0: 16 batches), requests are refused with 503 and Retry-After.
+    # rows (0: 256 batches), requests are refused with 503 and Retry-After.
     batch_max_size: int = 64
     batch_timeout_ms: float = 2.0
     batch_queue_rows: int = 0
@@ -55,6 +55,18 @@ class Settings(BaseSettings):
     # At start-up, each API process loads the labelled and latest versions of the models
     # served in the last preload_days days, before /readyz says ready.
     preload_days: float = 7.0
+    # Longest wait for a new database connection (TCP connect plus the server's greeting), so a
+    # database that never answers fails the request with a 503 instead of holding a thread.
+    # Whole seconds, at least 2 (libpq's connect_timeout rules).
+    db_connect_timeout_s: int = 5
+    # PostgreSQL cancels a statement running longer than this (and SQLite gives up waiting for
+    # a lock); the client also gives up on a connection that has not answered this long plus a
+    # second, which covers a peer that went silent (statement_timeout needs a live server).
+    db_statement_timeout_s: float = 30.0
+    # Longest wait for a free connection in the pool before the request fails with a 503.
+    db_pool_timeout_s: float = 5.0
+    # How long an Idempotency-Key's first answer is kept for replay (older ones are ignored).
+    idempotency_ttl_s: float = 24 * 3600
     # Celery queue that training jobs go to (long tasks on their own queue).
     queue: str = "training"
     log_level: str = "INFO"

@@ -1,48 +1,140 @@
 """Engine and session factory. One engine per process; SQLite gets WAL and a busy timeout
-because the API and the worker write to it from two processes."""
+because the API and the worker write to it from two processes. Every wait on the database is
+bounded (KJ_DB_*_TIMEOUT_S), so an unreachable or frozen database fails a request quickly."""
 
 from __future__ import annotations
 
+import inspect
+import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 
+import sqlalchemy.exc
 from sqlalchemy import Engine, Select, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.errors import not_found
 
 RowT = TypeVar("RowT")
+log = logging.getLogger(__name__)
+
+
+# The client gives up on a PostgreSQL connection this long after the server should have
+# cancelled the statement itself (statement_timeout): time for the cancellation to arrive.
+ANSWER_GRACE_S = 1.0
 
 
 def make_engine(url: str) -> Engine:
+    """An engine whose every wait is bounded (KJ_DB_*_TIMEOUT_S): connecting, a statement, a
+    free pool slot, and on PostgreSQL any answer from the server, so a sick database costs a
+    request a few seconds and a 503, never a thread that hangs."""
+    settings = get_settings()
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        return _sqlite_engine(url, settings)
+    return _postgres_engine(url, settings)
 
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
 
-        @event.listens_for(engine, "savepoint")
-        def _begin_before_savepoint(conn: Any, _name: Any) -> None:
-            # pysqlite only emits BEGIN before DML: a SAVEPOINT issued first would open the
-            # transaction itself, and releasing it would commit everything (see SQLAlchemy's
-            # pysqlite notes). BEGIN IMMEDIATE first makes the savepoint a real nested one, and
-            # takes the write lock before the savepoint reads: a read snapshot taken earlier
-            # could not be upgraded to a write once another writer had committed.
-            dbapi_conn = conn.connection.dbapi_connection
-            if not dbapi_conn.in_transaction:
-                dbapi_conn.execute("BEGIN IMMEDIATE")
+def _sqlite_engine(url: str, settings: Settings) -> Engine:
+    busy_s = settings.db_statement_timeout_s
+    engine = create_engine(url, pool_timeout=settings.db_pool_timeout_s,
+                           connect_args={"timeout": busy_s, "check_same_thread": False})
 
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={_ms(busy_s)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "savepoint")
+    def _begin_before_savepoint(conn: Any, _name: Any) -> None:
+        # pysqlite only emits BEGIN before DML: a SAVEPOINT issued first would open the
+        # transaction itself, and releasing it would commit everything (see SQLAlchemy's
+        # pysqlite notes). BEGIN IMMEDIATE first makes the savepoint a real nested one, and
+        # takes the write lock before the savepoint reads: a read snapshot taken earlier
+        # could not be upgraded to a write once another writer had committed.
+        dbapi_conn = conn.connection.dbapi_connection
+        if not dbapi_conn.in_transaction:
+            dbapi_conn.execute("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _postgres_engine(url: str, settings: Settings) -> Engine:
+    answer_s = settings.db_statement_timeout_s + ANSWER_GRACE_S
+    connect_args = {
+        "connect_timeout": settings.db_connect_timeout_s,
+        "options": f"-c statement_timeout={_ms(settings.db_statement_timeout_s)}",
+        # A vanished peer (host down, network cut) is dropped by the kernel: unacknowledged
+        # data after tcp_user_timeout, an idle pooled connection after the keepalive probes.
+        "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 5,
+        "keepalives_count": 3, "tcp_user_timeout": _ms(answer_s),
+    }
+    engine = create_engine(url, pool_pre_ping=True, pool_timeout=settings.db_pool_timeout_s,
+                           connect_args=connect_args)
+    if engine.dialect.driver == "psycopg":
+        _bound_answers(engine, answer_s)
+    return engine
+
+
+def _bound_answers(engine: Engine, answer_s: float) -> None:
+    """Give up on a connection that has not answered within `answer_s`.
+
+    None of the server-side or kernel timeouts sees a peer that accepted the bytes and went
+    silent (a frozen proxy or pooler, a stopped server process): the kernel acknowledges the
+    query, so tcp_user_timeout and keepalives are satisfied, and statement_timeout never starts
+    because the server never got the query. Every wait of a psycopg connection (query, fetch,
+    commit, the pool's pre-ping) goes through `Connection.wait`, which takes a deadline since
+    psycopg 3.3; the connection is closed when it expires, so the pool discards it."""
+    import psycopg
+
+    if "timeout" not in inspect.signature(psycopg.Connection.wait).parameters:
+        log.warning("psycopg %s cannot bound a wait for the server; use psycopg >= 3.3",
+                    psycopg.__version__)
+        return
+
+    class BoundedConnection(psycopg.Connection[Any]):
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            if timeout is not None:  # the caller's own deadline (e.g. notifies)
+                return super().wait(gen, interval=interval, timeout=timeout)
+            try:
+                return super().wait(gen, interval=interval, timeout=answer_s)
+            except psycopg.errors._WaitTimeout as exc:
+                self.pgconn.finish()  # mid-protocol: the connection cannot be reused
+                raise psycopg.OperationalError(
+                    f"the database did not answer within {answer_s:g} s") from exc
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        return BoundedConnection.connect(*cargs, **cparams)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is unreachable, overloaded or too slow (try again later)
+    rather than that a statement is wrong: no free pool slot in time, a connection that failed
+    or was lost, a driver OperationalError (refused, timed out, statement cancelled, server
+    shutting down, too many connections), SQLite still locked after its busy timeout."""
+    import psycopg
+
+    if isinstance(exc, sqlalchemy.exc.TimeoutError):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig or exc
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "busy" in str(exc)
+    return isinstance(exc, psycopg.OperationalError)
 
 
 @lru_cache
@@ -95,14 +187,26 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
-    for callback in session.info.pop("committed", []):
-        callback()
+    try:
+        for callback in session.info.pop("committed", []):
+            callback()
+    except BaseException:
+        for undo in session.info.pop("commit_callback_failed", []):
+            undo()
+        raise
 
 
 def on_commit(session: Session, callback: Any) -> None:
     """Run `callback()` once the session's transaction has committed (e.g. enqueue a task, so a
     worker never sees an id before its row exists, or delete files of a deleted row)."""
     session.info.setdefault("after_commit", []).append(callback)
+
+
+def on_commit_callback_failure(session: Session, callback: Any) -> None:
+    """Run `callback()` if the transaction committed but an `on_commit` callback then raised, so
+    the caller gets an error for work that is committed (e.g. forget an answer that was
+    recorded for replay: the client was told it failed)."""
+    session.info.setdefault("commit_callback_failed", []).append(callback)
 
 
 def on_rollback(session: Session, callback: Any) -> None:

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
+from app.api import idempotency
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
+from app.api.idempotency import IdempotencyKeyDep
 from app.api.multipart import openapi_body, receive_file
 from app.api.schemas import Page
 from app.datasets import service
@@ -16,19 +19,23 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
              openapi_extra=openapi_body({"name": "optional; defaults to the file name"}))
 async def upload_dataset(
     request: Request, caller: CallerDep, session: SessionDep, store: StoreDep,
-    settings: SettingsDep, response: Response,
-) -> DatasetRead:
+    settings: SettingsDep, response: Response, key: IdempotencyKeyDep,
+) -> DatasetRead | JSONResponse:
     """Upload a `.npz` (named arrays), a `.npy` (one array, named `x`) or a CSV with a header
     row (one array per column), multipart field `file`, optional field `name`. The body is
     written to the artifact store as it arrives."""
     with store.staging() as staging:
         received, fields = await receive_file(request, staging / "upload.bin",
                                               settings.max_upload_bytes)
-        dataset = await run_in_threadpool(service.create, session, store, caller.owner,
-                                          staging, received, fields.get("name"),
-                                          settings.max_upload_bytes)
-    response.headers["Location"] = f"/v1/datasets/{dataset.id}"
-    return DatasetRead.model_validate(dataset)
+
+        def create() -> DatasetRead:
+            dataset = service.create(session, store, caller.owner, staging, received,
+                                     fields.get("name"), settings.max_upload_bytes)
+            response.headers["Location"] = f"/v1/datasets/{dataset.id}"
+            return DatasetRead.model_validate(dataset)
+
+        upload = key.for_upload(received, fields) if key is not None else None
+        return await run_in_threadpool(idempotency.once, session, upload, response, create)
 
 
 @router.get("", response_model=Page[DatasetRead])

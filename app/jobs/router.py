@@ -3,8 +3,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response, status
+from fastapi.responses import JSONResponse
 
+from app.api import idempotency
 from app.api.deps import CallerDep, PageDep, SessionDep
+from app.api.idempotency import IdempotentJsonDep
 from app.api.schemas import Page
 from app.jobs import service
 from app.jobs.schemas import JobCreate, JobRead
@@ -19,12 +22,17 @@ FIT_EXAMPLE = {"type": "fit", "spec_id": "spec_...", "dataset_id": "ds_...", "x"
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead)
 def create_job(caller: CallerDep, session: SessionDep, response: Response,
-               body: Annotated[JobCreate, Body(examples=[FIT_EXAMPLE])]) -> JobRead:
+               body: Annotated[JobCreate, Body(examples=[FIT_EXAMPLE])],
+               key: IdempotentJsonDep) -> JobRead | JSONResponse:
     """Queue a fit or evaluate job; it is sent to a worker once this request has committed (a
-    broker that cannot take it makes this answer 503)."""
-    job = service.create(session, caller.owner, body)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return service.read(session, job)
+    broker that cannot take it makes this answer 503). A replayed answer enqueues nothing."""
+
+    def create() -> JobRead:
+        job = service.create(session, caller.owner, body)
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return service.read(session, job)
+
+    return idempotency.once(session, key, response, create)
 
 
 @router.get("", response_model=Page[JobRead])

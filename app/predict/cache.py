@@ -16,9 +16,13 @@ from app.predict.servable import Servable
 log = logging.getLogger(__name__)
 
 
+def cache_key(version_id: str, policy: BatchPolicy) -> str:
+    return f"{version_id}:{hash(policy)}"
+
+
 @dataclass
 class LoadedModel:
-    key: str  # the version's id
+    key: str  # the version's id and its batching policy
     name: str
     version: int
     servable: Servable
@@ -33,10 +37,9 @@ class CacheStats:
 
 
 class ModelCache:
-    def __init__(self, capacity: int, max_bytes: int, policy: BatchPolicy) -> None:
+    def __init__(self, capacity: int, max_bytes: int) -> None:
         self.capacity = capacity
         self.max_bytes = max_bytes
-        self.policy = policy
         self.stats = CacheStats()
         self._items: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -51,11 +54,14 @@ class ModelCache:
                     self._items.move_to_end(key)
         return found
 
-    def loading(self, key: str) -> bool:
-        return key in self._loading
+    def loading(self, version_id: str) -> bool:
+        return any(k.startswith(f"{version_id}:") for k in list(self._loading))
 
-    def get(self, key: str, name: str, version: int, path: Path) -> LoadedModel:
-        """Load (once per process, however many requests ask at once) and warm; blocking."""
+    def get(self, version_id: str, name: str, version: int, path: Path,
+            policy: BatchPolicy) -> LoadedModel:
+        """Load (once per process, however many requests ask at once) and warm; blocking.
+        A version is kept once per batching policy: new settings load it anew."""
+        key = cache_key(version_id, policy)
         found = self.peek(key)
         if found is not None:
             return found
@@ -66,23 +72,24 @@ class ModelCache:
             if found is not None:
                 return found
             try:
-                loaded = self._load(key, name, version, path)
+                loaded = self._load(key, name, version, path, policy)
             except Exception as exc:
-                self.stats.failures[key] = f"{type(exc).__name__}: {exc}"
+                self.stats.failures[version_id] = f"{type(exc).__name__}: {exc}"
                 raise
             finally:
                 with self._lock:
                     self._loading.pop(key, None)
             with self._lock:
-                self.stats.failures.pop(key, None)
+                self.stats.failures.pop(version_id, None)
                 self.stats.loads += 1
                 self._items[key] = loaded
                 self._evict()
             return loaded
 
-    def _load(self, key: str, name: str, version: int, path: Path) -> LoadedModel:
+    def _load(self, key: str, name: str, version: int, path: Path,
+              policy: BatchPolicy) -> LoadedModel:
         servable = Servable(path)
-        batcher = Batcher(servable, self.policy, name=f"{name}/{version}")
+        batcher = Batcher(servable, policy, name=f"{name}/{version}")
         batcher.warm_up(servable.example())  # every allowed batch size traced now
         log.info("loaded %s/%s (%d bytes of weights)", name, version, servable.nbytes)
         return LoadedModel(key, name, version, servable, batcher)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from app.api.deps import CallerDep, SessionDep
 from app.core.config import get_settings
@@ -18,7 +20,16 @@ from app.core.db import session_scope
 from app.core.errors import DomainError, bad_request
 from app.predict import codec, npy, oip
 from app.predict.cache import LoadedModel
-from app.predict.service import Ref, get_serving, loaded_model, run
+from app.predict.schemas import ServingSettings
+from app.predict.service import (
+    Ref,
+    get_serving,
+    loaded_model,
+    run,
+    serving_settings,
+    set_serving_settings,
+)
+from app.predict.signature import TensorInfo
 from app.registry import service as registry
 from app.registry.schemas import (
     LabelParam,
@@ -32,6 +43,10 @@ from app.registry.schemas import (
 )
 
 router = APIRouter(tags=["predict"])
+# JSON bodies and answers above these sizes are parsed and written on a thread: on the event
+# loop they would hold up every other request for milliseconds.
+OFF_LOOP_BYTES = 64 * 1024
+OFF_LOOP_VALUES = 16 * 1024
 
 PREDICT_EXAMPLE = {"instances": [[0.0, 3.0], [3.0, 0.0]]}
 PREDICT_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -50,11 +65,14 @@ async def _body(request: Request) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody is left to answer; not a server error
+        raise bad_request("The client closed the connection before the body arrived.") from None
     return b"".join(chunks)
 
 
@@ -74,13 +92,23 @@ async def _predict(request: Request, ref: Ref) -> Response:
     if npy.is_npy_media(content_type):
         arrays, fmt = npy.decode_npy(raw, inputs, content_type=content_type,
                                      max_bytes=get_settings().predict_max_body_bytes), "column"
+    elif len(raw) > OFF_LOOP_BYTES:  # a large JSON body would stall every other request
+        arrays, fmt = await run_in_threadpool(_decode_json, raw, inputs)
     else:  # TF Serving reads JSON whatever the content type (curl -d sends a form type)
-        arrays, fmt = codec.decode(codec.parse_json(raw), inputs)
+        arrays, fmt = _decode_json(raw, inputs)
     results = await run(ref, model, arrays)
     if npy.wants_npy(request.headers.get("accept")):
         body, media = npy.encode_npy(results, outputs)
         return Response(body, media_type=media)
-    return Response(codec.encode(results, outputs, fmt), media_type="application/json")
+    if sum(r.size for r in results) > OFF_LOOP_VALUES:
+        body = await run_in_threadpool(codec.encode, results, outputs, fmt)
+    else:
+        body = codec.encode(results, outputs, fmt)
+    return Response(body, media_type="application/json")
+
+
+def _decode_json(raw: bytes, inputs: list[TensorInfo]) -> tuple[list[np.ndarray], str]:
+    return codec.decode(codec.parse_json(raw), inputs)
 
 
 @router.post("/v1/models/{name}:predict", openapi_extra=PREDICT_OPENAPI)
@@ -184,6 +212,22 @@ async def get_version_metadata(caller: CallerDep, name: NameParam,
 async def get_label_metadata(caller: CallerDep, name: NameParam,
                              label: LabelParam) -> dict[str, Any]:
     return _metadata(await loaded_model(Ref(caller.owner, name, label=label)))
+
+
+# --- per-model batching ------------------------------------------------------------------
+
+@router.get("/v1/models/{name}/serving", response_model=ServingSettings, tags=["models"])
+def get_serving_settings(caller: CallerDep, session: SessionDep,
+                         name: NameParam) -> ServingSettings:
+    """This model's own batching settings (null: the server's KJ_BATCH_* default)."""
+    return serving_settings(session, caller.owner, name)
+
+
+@router.put("/v1/models/{name}/serving", response_model=ServingSettings, tags=["models"])
+def put_serving_settings(caller: CallerDep, session: SessionDep, name: NameParam,
+                         body: ServingSettings) -> ServingSettings:
+    """Set this model's batching; every API process applies it on its next request."""
+    return set_serving_settings(session, caller.owner, name, body)
 
 
 # --- labels ----------------------------------------------------------------------------------

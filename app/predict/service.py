@@ -17,18 +17,25 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import get_settings
-from app.core.db import session_scope
-from app.core.errors import DomainError
+from app.core.db import on_commit, session_scope, upsert
+from app.core.errors import DomainError, FieldError, invalid
 from app.core.storage import ArtifactStore, get_store
 from app.predict.batcher import BatcherClosed, BatchPolicy, Overloaded
-from app.predict.cache import LoadedModel, ModelCache
+from app.predict.cache import LoadedModel, ModelCache, cache_key
+from app.predict.schemas import ServingSettings
 from app.registry import service as registry
+from app.tables import ModelServing
+from app.tables.base import utcnow
 
 log = logging.getLogger(__name__)
 RECENT_FILE = "serving/recent.json"
+# Default queue bound, in batches: room for 16 concurrent 1,024-row requests at batch 64 (an
+# MLP drains it in ~0.2 s); past it a request is refused at once rather than left waiting.
+QUEUED_BATCHES = 256
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class Resolved:
     name: str
     version: int
     folder: Path
+    policy: BatchPolicy
 
 
 class Serving:
@@ -73,7 +81,9 @@ class Serving:
         generation = self.store.generation()
         with session_scope() as s:
             mv = registry.resolve(s, ref.owner, ref.name, ref.version, ref.label)
-            found = Resolved(mv.id, mv.name, mv.version, self.store.path(mv.artifact_key))
+            own = s.get(ModelServing, (ref.owner, ref.name))
+            found = Resolved(mv.id, mv.name, mv.version, self.store.path(mv.artifact_key),
+                             batch_policy(ServingSettings.model_validate(own) if own else None))
         if generation == self._generation:
             self._resolved[ref] = found
         return found
@@ -82,7 +92,7 @@ class Serving:
         """Blocking: load and warm (once per process); remembered as recently served."""
         try:
             loaded = self.cache.get(found.id, found.name, found.version,
-                                    self.store.model_file(found.folder))
+                                    self.store.model_file(found.folder), found.policy)
         except Exception as exc:
             raise DomainError(503, "Model unavailable", f"Version {found.version} of "
                               f"'{found.name}' could not be loaded: {exc}",
@@ -110,19 +120,45 @@ def read_recent(path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def batch_policy() -> BatchPolicy:
+def batch_policy(own: ServingSettings | None = None) -> BatchPolicy:
+    """The server's batching defaults, overridden by a model's own settings."""
     s = get_settings()
-    return BatchPolicy.build(max_batch_size=s.batch_max_size,
-                             batch_timeout_ms=s.batch_timeout_ms,
-                             max_queued_rows=s.batch_queue_rows or None,
-                             threads=s.batch_threads)
+    own = own or ServingSettings()
+    size = own.max_batch_size or s.batch_max_size
+    return BatchPolicy.build(
+        max_batch_size=size,
+        batch_timeout_ms=(s.batch_timeout_ms if own.batch_timeout_ms is None
+                          else own.batch_timeout_ms),
+        max_queued_rows=own.max_queued_rows or s.batch_queue_rows or QUEUED_BATCHES * size,
+        threads=s.batch_threads)
+
+
+def serving_settings(session: Session, owner: str, name: str) -> ServingSettings:
+    registry.versions(session, owner, name)  # 404 for an unknown model
+    own = session.get(ModelServing, (owner, name))
+    return ServingSettings.model_validate(own) if own else ServingSettings()
+
+
+def set_serving_settings(session: Session, owner: str, name: str,
+                         settings: ServingSettings) -> ServingSettings:
+    """Takes effect as each API process next resolves the model (the registry's generation
+    moves): versions load again with the new policy; requests in flight finish on the old."""
+    registry.versions(session, owner, name)
+    try:
+        batch_policy(settings)
+    except ValueError as exc:
+        raise invalid(f"These batching settings do not fit together: {exc}.",
+                      [FieldError("", str(exc))]) from exc
+    upsert(session, ModelServing, {"owner": owner, "name": name, **settings.model_dump(),
+                                   "updated_at": utcnow()}, ["owner", "name"])
+    on_commit(session, get_serving().store.bump_generation)
+    return settings
 
 
 @lru_cache
 def get_serving() -> Serving:
     s = get_settings()
-    return Serving(get_store(), ModelCache(s.model_cache_size, s.model_cache_bytes,
-                                           batch_policy()))
+    return Serving(get_store(), ModelCache(s.model_cache_size, s.model_cache_bytes))
 
 
 async def loaded_model(ref: Ref) -> LoadedModel:
@@ -131,7 +167,7 @@ async def loaded_model(ref: Ref) -> LoadedModel:
     found = serving.cached(ref)
     if found is None:
         found = await run_in_threadpool(serving.resolve, ref)
-    model = serving.cache.peek(found.id)
+    model = serving.cache.peek(cache_key(found.id, found.policy))
     if model is None:
         model = await run_in_threadpool(serving.load, ref.owner, found)
     return model

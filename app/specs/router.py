@@ -3,8 +3,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response, status
+from fastapi.responses import JSONResponse
 
+from app.api import idempotency
 from app.api.deps import CallerDep, PageDep, SessionDep
+from app.api.idempotency import IdempotentJsonDep
 from app.api.schemas import Page
 from app.specs import service
 from app.specs.schemas import SPEC_EXAMPLE, SpecListItem, SpecRead
@@ -15,12 +18,16 @@ router = APIRouter(prefix="/v1/specs", tags=["specs"])
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SpecRead)
 def create_spec(
     caller: CallerDep, session: SessionDep, response: Response,
-    body: Annotated[dict[str, Any], Body(examples=[SPEC_EXAMPLE])],
-) -> SpecRead:
+    body: Annotated[dict[str, Any], Body(examples=[SPEC_EXAMPLE])], key: IdempotentJsonDep,
+) -> SpecRead | JSONResponse:
     """Validate a model spec, build it, and store it with its parameter count and summary."""
-    spec = service.create(session, caller.owner, body)
-    response.headers["Location"] = f"/v1/specs/{spec.id}"
-    return SpecRead.model_validate(spec)
+
+    def create() -> SpecRead:
+        spec = service.create(session, caller.owner, body)
+        response.headers["Location"] = f"/v1/specs/{spec.id}"
+        return SpecRead.model_validate(spec)
+
+    return idempotency.once(session, key, response, create)
 
 
 @router.get("", response_model=Page[SpecListItem])

@@ -340,3 +340,45 @@ def test_open_inference_protocol_with_tritonclient(client: Any, live_url: str,
     bad.set_data_from_numpy(np.zeros((1, 2), dtype="int32"))
     with pytest.raises(Exception, match="FP32"):
         triton.infer(single, [bad])
+
+
+def test_per_model_batching_settings(client: Any, keras_models: dict[str, Any],
+                                     tmp_path: Path) -> None:
+    name = f"tuned-{secrets.token_hex(3)}"
+    publish(client, name, keras_models["mlp"], tmp_path)
+    url = f"/v1/models/{name}:predict"
+    rows = {"instances": np.zeros((20, 2)).tolist()}
+    assert client.post(url, json=rows).status_code == 200
+    assert client.get(f"/v1/models/{name}/serving").json() == {
+        "max_batch_size": None, "batch_timeout_ms": None, "max_queued_rows": None}
+    r = client.put(f"/v1/models/{name}/serving", json={"max_batch_size": 8,
+                                                      "max_queued_rows": 16})
+    assert r.status_code == 200, r.text
+    assert_problem(client.post(url, json=rows), 413)  # the new queue bound holds at once
+    assert client.post(url, json={"instances": np.zeros((16, 2)).tolist()}).status_code == 200
+    assert_problem(client.put(f"/v1/models/{name}/serving",
+                              json={"max_batch_size": 64, "max_queued_rows": 8}), 422)
+    assert_problem(client.put(f"/v1/models/{name}/serving", json={"threads": 4}), 422)
+    assert_problem(client.get(f"/v1/models/nope-{secrets.token_hex(3)}/serving"), 404)
+
+
+def test_another_process_sees_a_new_version_without_a_query_per_request(
+        client: Any, keras_models: dict[str, Any], tmp_path: Path) -> None:
+    """Two serving states over one store stand for two API processes: resolutions are cached
+    (no query per request) until the registry's generation file changes."""
+    from app.core.storage import get_store
+    from app.predict.cache import ModelCache
+    from app.predict.service import Ref, Serving
+
+    name = f"gen-{secrets.token_hex(3)}"
+    publish(client, name, keras_models["mlp"], tmp_path)
+    other = Serving(get_store(), ModelCache(2, 1 << 30))
+    ref = Ref("local", name)
+    assert other.cached(ref) is None
+    assert other.resolve(ref).version == 1
+    assert other.cached(ref) is not None and other.cached(ref).version == 1  # type: ignore[union-attr]
+    publish(client, name, keras_models["other"], tmp_path)  # "another process" publishes
+    assert other.cached(ref) is None
+    assert other.resolve(ref).version == 2
+    client.put(f"/v1/models/{name}/labels/stable", json={"version": 1})
+    assert other.cached(ref) is None  # a label move drops the cache too
