@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +115,77 @@ def table_counts() -> dict[str, int]:
 
 def stored_files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def iter_events(http: Any, job_id: str, last_event_id: int | None = None,
+                timeout: float = 180) -> Iterator[dict[str, Any]]:
+    """The job's Server-Sent Events as they arrive, until the stream ends:
+    {"id", "event", "data"} each."""
+    import json
+
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    current: dict[str, Any] = {}
+    with http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                     timeout=timeout) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith(":"):
+                continue  # keep-alive comment
+            if not line:
+                if current:
+                    yield current
+                current = {}
+                continue
+            field, _, value = line.partition(": ")
+            current[field] = int(value) if field == "id" else (
+                json.loads(value) if field == "data" else value)
+
+
+def read_events(http: Any, job_id: str, last_event_id: int | None = None) -> list[dict[str, Any]]:
+    return list(iter_events(http, job_id, last_event_id))
+
+
+def check_event_stream(http: Any, job_id: str, epochs: int) -> None:
+    """Every epoch once, in order, then the end; a resume from the middle repeats nothing."""
+    events = read_events(http, job_id)
+    ids = [e["id"] for e in events]
+    assert ids == sorted(set(ids)), ids
+    epoch_numbers = [e["data"]["epoch"] for e in events if e["event"] == "epoch"]
+    assert epoch_numbers == list(range(epochs)), events
+    statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
+    assert statuses[0] == "queued" and "running" in statuses, statuses
+    assert statuses[-1] == "succeeded" and events[-1]["event"] == "status", events[-1]
+    assert events[-1]["data"]["result"]["metrics"]
+    middle = events[len(events) // 2]["id"]
+    rest = read_events(http, job_id, last_event_id=middle)
+    assert [e["id"] for e in rest] == [i for i in ids if i > middle]
+
+
+@contextmanager
+def live_server() -> Iterator[str]:
+    """A fresh app under a real uvicorn server in a thread (for clients that need real HTTP:
+    tritonclient, streams read as they arrive); yields "127.0.0.1:port"."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from app.main import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

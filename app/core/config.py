@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     batch_timeout_ms: float = 2.0
     batch_queue_rows: int = 0
     batch_threads: int = 1
+    # What a job's process logs is kept with the job, at most this much (the newest part).
+    job_log_bytes: int = 1024**2
     # Largest predict body (JSON or .npy/.npz); larger is a 413.
     predict_max_body_bytes: int = 64 * 1024**2
     # At start-up, each API process loads the labelled and latest versions of the models

@@ -105,6 +105,10 @@ class ArtifactStore:
         return folder / MODEL_FILE
 
     @staticmethod
+    def log_key(job_id: str) -> str:
+        return f"logs/{job_id}.log"
+
+    @staticmethod
     def checkpoint_key(job_id: str) -> str:
         return f"checkpoints/{job_id}"
 

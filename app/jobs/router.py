@@ -2,14 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Response, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from app.api import idempotency
-from app.api.deps import CallerDep, PageDep, SessionDep
+from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotency import IdempotentJsonDep
 from app.api.schemas import Page
-from app.jobs import service
+from app.core.db import session_scope
+from app.jobs import events, service
+from app.jobs.logs import read_tail
 from app.jobs.schemas import JobCreate, JobRead
 from app.tables import JobStatus
 
@@ -24,8 +27,9 @@ FIT_EXAMPLE = {"type": "fit", "spec_id": "spec_...", "dataset_id": "ds_...", "x"
 def create_job(caller: CallerDep, session: SessionDep, response: Response,
                body: Annotated[JobCreate, Body(examples=[FIT_EXAMPLE])],
                key: IdempotentJsonDep) -> JobRead | JSONResponse:
-    """Queue a fit or evaluate job; it is sent to a worker once this request has committed (a
-    broker that cannot take it makes this answer 503). A replayed answer enqueues nothing."""
+    """Queue a fit, evaluate or (batch) predict job; it is sent to a worker once this request
+    has committed (a broker that cannot take it makes this answer 503). A replayed answer
+    enqueues nothing."""
 
     def create() -> JobRead:
         job = service.create(session, caller.owner, body)
@@ -48,6 +52,37 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobRead)
 def get_job(caller: CallerDep, session: SessionDep, job_id: str) -> JobRead:
     return service.read(session, service.get(session, caller.owner, job_id))
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "Server-Sent Events"}})
+async def job_events(caller: CallerDep, job_id: str, request: Request,
+                     last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    """The job's events as Server-Sent Events (`curl -N`): its past events first (status
+    changes, one `epoch` event per epoch with its logs, `progress` every couple of seconds,
+    the final status with the result or error), then live ones until the job ends. Each has an
+    `id`; reconnect with `Last-Event-ID` to resume with no gap and no duplicate."""
+    await run_in_threadpool(_check_owned, caller.owner, job_id)
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    return StreamingResponse(events.follow(job_id, after, request.is_disconnected),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _check_owned(owner: str, job_id: str) -> None:
+    with session_scope() as s:
+        service.get(s, owner, job_id)
+
+
+@router.get("/{job_id}/logs", response_class=PlainTextResponse)
+def job_logs(caller: CallerDep, session: SessionDep, store: StoreDep, settings: SettingsDep,
+             job_id: str) -> PlainTextResponse:
+    """What the job's process logged (warnings, the traceback of a failure): the newest
+    KJ_JOB_LOG_BYTES of it."""
+    service.get(session, caller.owner, job_id)
+    return PlainTextResponse(read_tail(store.path(store.log_key(job_id)),
+                                       settings.job_log_bytes))
 
 
 @router.post("/{job_id}:cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead)

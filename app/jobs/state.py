@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.core.broker import enqueue_job
 from app.core.db import on_commit, session_scope, upsert
 from app.core.errors import DomainError, conflict
+from app.jobs import events
 from app.tables import Job, JobEpoch, JobStatus
 from app.tables.base import utcnow
 
@@ -38,6 +39,7 @@ def claim(job_id: str, redelivered: bool, stale_after_s: float) -> Job | None:
         job = s.get(Job, job_id)
         if job is None or not moved:
             return None
+        events.record(s, job_id, "status", {"status": "running"})
         s.expunge(job)
         return job
 
@@ -70,6 +72,9 @@ def requeue_stale(stale_after_s: float) -> list[str]:
             update(Job).where(Job.id == job_id, Job.status == JobStatus.running,
                               _stale(now, stale_after_s))
             .values(status=JobStatus.queued)).rowcount]  # type: ignore[attr-defined]
+        for job_id in requeued:
+            events.record(s, job_id, "status", {"status": "queued",
+                                                "reason": "its worker had stopped; resuming"})
     for job_id in requeued:
         enqueue_job(job_id)
     return requeued
@@ -80,6 +85,7 @@ def record_epoch(job_id: str, epoch: int, logs: dict[str, float | None]) -> None
     with session_scope() as s:
         upsert(s, JobEpoch, {"job_id": job_id, "epoch": epoch, "logs": logs,
                              "created_at": utcnow()}, ["job_id", "epoch"])
+        events.record(s, job_id, "epoch", {"epoch": epoch, "logs": logs})
         s.execute(update(Job).where(Job.id == job_id).values(epoch=epoch + 1))
 
 
@@ -93,10 +99,18 @@ def finish(job_id: str, status: JobStatus, *, result: dict[str, Any] | None = No
     """running → a final status. Returns False when the job was no longer running."""
     values = {"status": status, "finished_at": utcnow(), "result": result, "error": error, **extra}
     stmt = update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(**values)
+
+    def apply(s: Session) -> bool:
+        moved = bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+        if moved:
+            events.record(s, job_id, "status", {"status": status.value, "result": result,
+                                                "error": error})
+        return moved
+
     if session is not None:
-        return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+        return apply(session)
     with session_scope() as s:
-        return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+        return apply(s)
 
 
 
@@ -109,7 +123,10 @@ def request_cancel(session: Session, job: Job) -> None:
         .values(status=JobStatus.cancelled, cancel_requested=True, cancel_requested_at=now,
                 finished_at=now)
     ).rowcount  # type: ignore[attr-defined]
-    if not done:
+    if done:
+        events.record(session, job.id, "status", {"status": "cancelled", "result": None,
+                                                  "error": None})
+    else:
         flagged = session.execute(
             update(Job).where(Job.id == job.id, Job.status == JobStatus.running)
             .values(cancel_requested=True, cancel_requested_at=func.coalesce(
@@ -119,12 +136,15 @@ def request_cancel(session: Session, job: Job) -> None:
             session.refresh(job)
             raise conflict(f"Job {job.id} has already ended ({job.status.value}); "
                            "only queued or running jobs can be cancelled.")
+        events.record(session, job.id, "status", {"status": "running",
+                                                  "reason": "cancel requested"})
     session.refresh(job)
 
 
 def enqueue_after_commit(session: Session, job_id: str) -> None:
     """Send the job to the broker once `session` has committed its row (never before: a worker
     could look for it too early)."""
+    events.record(session, job_id, "status", {"status": "queued"})
     on_commit(session, lambda: _enqueue(job_id))
 
 
@@ -135,9 +155,12 @@ def _enqueue(job_id: str) -> None:
         enqueue_job(job_id)
     except Exception as exc:
         with session_scope() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
-                      .values(status=JobStatus.failed, finished_at=utcnow(),
-                              error=f"could not be queued: {exc}"))
+            if s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
+                         .values(status=JobStatus.failed, finished_at=utcnow(),
+                                 error=f"could not be queued: {exc}")
+                         ).rowcount:  # type: ignore[attr-defined]
+                events.record(s, job_id, "status", {"status": "failed", "result": None,
+                                                    "error": f"could not be queued: {exc}"})
         raise DomainError(503, "Broker unavailable", f"Job {job_id} could not be queued: the "
                           "broker is unreachable. It was recorded as failed; submit it again "
                           "once the broker is back.", type="/problems/broker-unavailable") from exc

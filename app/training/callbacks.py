@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from typing import Any
 
 import keras
 
-from app.jobs import state
+from app.jobs import events, state
 
 
 def clean_logs(logs: dict[str, Any] | None) -> dict[str, float | None]:
@@ -21,12 +22,28 @@ def clean_logs(logs: dict[str, Any] | None) -> dict[str, float | None]:
 
 
 class RecordEpochs(keras.callbacks.Callback):  # type: ignore[misc]
-    """Write each epoch's logs to the database as the epoch ends."""
+    """Write each epoch's logs to the database as the epoch ends, and the batch progress
+    every `progress_s` seconds (the live event stream's progress bar)."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, progress_s: float = 2.0) -> None:
         super().__init__()
         self.job_id = job_id
+        self.progress_s = progress_s
         self.last: dict[str, float | None] = {}
+        self._epoch = 0
+        self._next_progress = time.monotonic() + progress_s
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.monotonic()
+        if now < self._next_progress:
+            return
+        self._next_progress = now + self.progress_s
+        steps = (self.params or {}).get("steps")
+        events.record_now(self.job_id, "progress", {"epoch": self._epoch, "batch": batch + 1,
+                                                    "steps": steps, "logs": clean_logs(logs)})
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.last = clean_logs(logs)

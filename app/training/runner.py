@@ -23,6 +23,7 @@ from app.core.errors import DomainError
 from app.core.storage import ArtifactStore, get_store
 from app.datasets import service as datasets
 from app.jobs import state
+from app.jobs.logs import job_log
 from app.jobs.schemas import EvaluateJobParams, FitJobParams, PredictJobParams, parse_params
 from app.registry import service as registry
 from app.tables import Dataset, Job, JobStatus, Spec
@@ -44,8 +45,9 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
         log.info("job %s skipped (not queued, or running in a live process)", job_id)
         return
     store = get_store()
-    with CancelWatcher(job_id, settings.cancel_poll_s, settings.cancel_grace_s,
-                       settings.heartbeat_s) as watcher:
+    with job_log(store, job_id, settings.job_log_bytes), \
+            CancelWatcher(job_id, settings.cancel_poll_s, settings.cancel_grace_s,
+                          settings.heartbeat_s) as watcher:
         try:
             params = parse_params(job.params)
             if isinstance(params, FitJobParams):
@@ -57,6 +59,7 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
         except Cancelled:
             state.finish(job_id, JobStatus.cancelled, error="cancelled by request")
         except DomainError as exc:
+            log.warning("job %s failed: %s", job_id, exc)
             state.finish(job_id, JobStatus.failed, error=str(exc))
         except Exception as exc:
             log.exception("job %s failed", job_id)

@@ -18,7 +18,16 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, SEED_SPEC, npz_bytes, two_classes, upload, wait_for_job
+from tests.helpers import (
+    ROOT,
+    SEED_SPEC,
+    check_event_stream,
+    npz_bytes,
+    read_events,
+    two_classes,
+    upload,
+    wait_for_job,
+)
 from tests.scenario import run_tutorial
 
 pytestmark = pytest.mark.slow
@@ -75,7 +84,9 @@ def test_embedded_serve_runs_the_tutorial(home: Path) -> None:
     try:
         worker_pids = _worker_children(served.proc.pid)
         assert worker_pids, "serve started no worker process"
-        run_tutorial(served.http, "seed-linear-embedded")
+        done = run_tutorial(served.http, "seed-linear-embedded")
+        # The embedded default's event stream (polled from SQLite): replay, then resume.
+        check_event_stream(served.http, done["fit"]["id"], epochs=5)
     finally:
         served.stop()
     assert (home / "keras-jobs.db").exists() and (home / "broker.db").exists()
@@ -113,6 +124,10 @@ def test_queued_job_survives_restart(home: Path) -> None:
         api_only.stop()
     served = Served(home)
     try:
+        # Followed live on the embedded default (the stream polls SQLite): both epochs, once.
+        live = read_events(served.http, job["id"])
+        assert [e["data"]["epoch"] for e in live if e["event"] == "epoch"] == [0, 1]
+        assert live[-1]["data"]["status"] == "succeeded"
         done = wait_for_job(served.http, job["id"], timeout=180)
         assert done["status"] == "succeeded", done
         assert len(done["history"]["loss"]) == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, live_server
 
 pytestmark = pytest.mark.slow
 
@@ -280,25 +279,8 @@ def test_model_status_and_download(client: Any, keras_models: dict[str, Any],
 
 @pytest.fixture(scope="module")
 def live_url(client: Any) -> Iterator[str]:
-    """The app under a real uvicorn server (tritonclient speaks real HTTP)."""
-    import uvicorn
-
-    from app.main import create_app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with live_server() as url:
+        yield url
 
 
 def test_open_inference_protocol_with_tritonclient(client: Any, live_url: str,
