@@ -53,12 +53,16 @@ def _pointer(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str:
     return "/" + "/".join(escaped) if escaped else ""
 
 
+def domain_problem(exc: DomainError, instance: str) -> JSONResponse:
+    return problem(exc.status, exc.title, exc.detail, instance, type_=exc.type,
+                   errors=[e.as_dict() for e in exc.errors], extra=exc.extra,
+                   headers=exc.headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
-        return problem(exc.status, exc.title, exc.detail, request.url.path, type_=exc.type,
-                       errors=[e.as_dict() for e in exc.errors], extra=exc.extra,
-                       headers=exc.headers)
+        return domain_problem(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

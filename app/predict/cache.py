@@ -4,6 +4,7 @@ weights' memory; least recently used evicted first."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections import OrderedDict
@@ -91,6 +92,7 @@ class ModelCache:
         servable = Servable(path)
         batcher = Batcher(servable, policy, name=f"{name}/{version}")
         batcher.warm_up(servable.example())  # every allowed batch size traced now
+        gc.freeze()  # the model lives long: keep full collections from walking it
         log.info("loaded %s/%s (%d bytes of weights)", name, version, servable.nbytes)
         return LoadedModel(key, name, version, servable, batcher)
 

@@ -364,3 +364,23 @@ def test_another_process_sees_a_new_version_without_a_query_per_request(
     assert other.resolve(ref).version == 2
     client.put(f"/v1/models/{name}/labels/stable", json={"version": 1})
     assert other.cached(ref) is None  # a label move drops the cache too
+
+
+def test_predict_requests_take_the_fast_path() -> None:
+    """:predict and /infer go around FastAPI's routing; anything odd falls through to it."""
+    from app.predict.router import _fast_route, _infer, _predict
+
+    def route(path: str, method: str = "POST") -> Any:
+        return _fast_route({"type": "http", "method": method, "path": path})
+
+    handler, ref = route("/v1/models/m-1/labels/prod:predict")
+    assert handler is _predict and (ref.name, ref.version, ref.label) == ("m-1", None, "prod")
+    handler, ref = route("/v1/models/m/versions/3:predict")
+    assert (ref.version, ref.label) == (3, None)
+    handler, ref = route("/v2/models/m/versions/2/infer")
+    assert handler is _infer and ref.version == 2
+    for odd in ("/v1/models/-bad:predict", "/v1/models/m/versions/0:predict",
+                "/v1/models/m/versions/99999999999:predict", "/v1/models/m/labels/1x:predict",
+                "/v1/models/m:classify", "/v1/models/m"):
+        assert route(odd) is None, odd
+    assert route("/v1/models/m:predict", method="GET") is None
