@@ -770,7 +770,7 @@ def targets(results: dict[str, list[Row]], big: int, big_conns: int) -> list[str
                          f"{fmt(p99)} ms", "ms", why_not("mlp", ("keras-jobs", kj))) + caveat(kj))
     limit = find(results, "conv", "in-process", "tensor x64", 1)
     need = 0.6 * limit.rows_s if limit and limit.rows_s is not None else None
-    for body in ("json x1", "npy x1"):
+    for body in ("json x1", "npy x1", "npy x16"):
         kj = find(results, "conv", "keras-jobs", body, 64)
         kj_rows = kj.rows_s if kj else None
         lines.append(at_least(f"conv {body} c=64: keras-jobs rows/s >= 60% of in-process "
@@ -804,8 +804,10 @@ def bench_model(folder: Path, model: str, args: argparse.Namespace) -> list[Row]
     x = np.load(folder / f"{model}_x.npy")
     expected = np.load(folder / f"{model}_y.npy")
     bodies = [(make_body(folder, model, "json", x[:1]), args.concurrency)]
-    if model not in BIG_MODELS:  # images: one row as .npy too (what an image client would send)
-        bodies.append((make_body(folder, model, "npy", x[:1]), [max(args.concurrency)]))
+    if model not in BIG_MODELS:  # images: as .npy too (what an image client would send), one
+        # row and 16 rows a request (how far the per-request HTTP cost is what bounds rows/s)
+        bodies += [(make_body(folder, model, "npy", x[:n]), [max(args.concurrency)])
+                   for n in (1, 16)]
     if model in BIG_MODELS and args.big_rows:
         bodies += [(make_body(folder, model, kind, x[:args.big_rows]), [args.big_concurrency])
                    for kind in ("json", "npy")]
