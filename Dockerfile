@@ -26,14 +26,15 @@ COPY pyproject.toml README.md ./
 # DL3013 (pin pip versions) does not apply: this installs the local project, whose dependency
 # versions are pinned in pyproject.toml (TensorFlow exactly).
 # hadolint ignore=DL3013
-RUN mkdir -p app worker migrations \
-    && touch app/__init__.py worker/__init__.py migrations/__init__.py \
+RUN mkdir -p app worker migrations keras_jobs \
+    && touch app/__init__.py worker/__init__.py migrations/__init__.py keras_jobs/__init__.py \
     && pip install --no-cache-dir ".[gpu]" \
     && pip uninstall --yes keras-jobs \
-    && rm -rf app worker migrations build ./*.egg-info
+    && rm -rf app worker migrations keras_jobs build ./*.egg-info
 
 # 2) The application itself; dependencies are already in place.
 COPY app ./app
+COPY keras_jobs ./keras_jobs
 COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install --no-cache-dir --no-deps . \

@@ -1,4 +1,5 @@
-"""`keras-jobs`: serve (API plus, by default, its own worker), worker, migrate."""
+"""`keras-jobs`: serve (API plus, by default, its own worker), worker, migrate; and the
+client's commands (specs, datasets, jobs, models; keras_jobs/cli.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import subprocess
 import sys
 
 from app.core.config import get_settings
+from app.core.logs import configure_logging, uvicorn_log_config
+from app.core.metrics_dir import remove_dir, use_fresh_dir
 
 log = logging.getLogger("keras_jobs")
 PR_SET_PDEATHSIG = 1
@@ -55,6 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     settings.ensure_dirs()
+    # Before the worker and the API processes start: they all write their metrics there, and
+    # /metrics in any API process adds them up.
+    metrics_dir = use_fresh_dir(settings.home, "serve")
     upgrade(settings.resolved_database_url)
     workers = max(1, min(args.workers, os.cpu_count() or 1))
     if workers != args.workers:
@@ -63,25 +69,62 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker = None if args.no_worker else start_worker(args.concurrency)
     try:
         uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
-                    workers=workers, log_level=settings.log_level.lower())
+                    workers=workers, log_level=settings.log_level.lower(),
+                    log_config=uvicorn_log_config(settings.log_level, settings.log_format))
     finally:
         if worker is not None:
             stop_worker(worker)
+        remove_dir(metrics_dir)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.celery_app import app
-
     settings = get_settings()
     settings.ensure_dirs()
-    argv = ["worker", f"--loglevel={settings.log_level}", "-Q", settings.queue,
+    port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
+    metrics_dir = None
+    if port:  # before the pool forks: every child writes its metrics into this folder
+        os.environ["KJ_WORKER_METRICS_PORT"] = str(port)
+        metrics_dir = use_fresh_dir(settings.home, "worker")
+    from worker.celery_app import app
+
+    if metrics_dir is not None:
+        from worker.observe import start_metrics_server
+
+        start_metrics_server(port, args.metrics_host, metrics_dir)
+    # The banner is not a log line: left out when every line must be JSON.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    argv = [*quiet, "worker", f"--loglevel={settings.log_level}", "-Q", settings.queue,
             "--pool", "prefork", "--concurrency", str(args.concurrency)]
     if settings.embedded_broker:
         # The SQLAlchemy transport has no fanout exchange: no remote control, gossip or mingle.
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    app.worker_main(argv)
+    try:
+        app.worker_main(argv)
+    finally:
+        if metrics_dir is not None:
+            remove_dir(metrics_dir)
     return 0
+
+
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    """TensorBoard over the store's tensorboard/ folder (one run per fit job that asked for
+    it). Replaces this process, so signals reach TensorBoard itself."""
+    import importlib.util
+
+    from app.core.storage import ArtifactStore
+
+    if importlib.util.find_spec("tensorboard") is None:
+        print("keras-jobs tensorboard: the tensorboard package is not installed "
+              "(pip install tensorboard)", file=sys.stderr)
+        return 1
+    logdir = get_settings().resolved_artifact_root / ArtifactStore.tensorboard_key()
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only store: TensorBoard shows the runs that are there
+        pass
+    os.execv(sys.executable, [sys.executable, "-m", "tensorboard.main", "--logdir",
+                              str(logdir), "--host", args.host, "--port", str(args.port)])
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
@@ -110,12 +153,22 @@ def main(argv: list[str] | None = None) -> int:
     worker = sub.add_parser("worker", help="run a Celery worker for training jobs")
     worker.add_argument("--concurrency", type=int, default=1,
                         help="jobs at once (one per GPU in production)")
+    worker.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus "
+                        "metrics on this port (default: KJ_WORKER_METRICS_PORT; 0: off)")
+    worker.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address of the metrics endpoint (0.0.0.0 in a container)")
     worker.set_defaults(func=cmd_worker)
+    board = sub.add_parser("tensorboard", help="run TensorBoard over the fit jobs' event files")
+    board.add_argument("--host", default="127.0.0.1")
+    board.add_argument("--port", type=int, default=6006)
+    board.set_defaults(func=cmd_tensorboard)
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest")
     migrate.set_defaults(func=cmd_migrate)
+    from keras_jobs.cli import add_commands  # the client's: specs, datasets, jobs, models
+
+    add_commands(parser, sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=get_settings().log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(get_settings().log_level, get_settings().log_format)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return int(args.func(args))
 

@@ -15,6 +15,9 @@ from sqlalchemy import text
 
 from app import __version__
 from app.api import problems
+from app.api.json_depth import JsonDepthLimit
+from app.api.metrics import router as metrics_router
+from app.api.request_id import RequestId
 from app.core.broker import check_broker
 from app.core.config import get_settings
 from app.core.db import get_engine
@@ -22,11 +25,13 @@ from app.core.migrate import upgrade
 from app.core.storage import get_store
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
+from app.plots.router import router as plots_router
 from app.predict.router import PredictFastPath
 from app.predict.router import router as predict_router
 from app.predict.service import get_serving, import_tensorflow, start_preload
 from app.registry.router import router as models_router
 from app.specs.router import router as specs_router
+from app.ui.router import router as ui_router
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     settings.ensure_dirs()
     await run_in_threadpool(upgrade, settings.resolved_database_url)
+    await run_in_threadpool(_remove_stale_staging, settings.staging_max_age_s)
     # TensorFlow is imported before the server accepts requests (imported from two threads at
     # once, its modules can be seen half-initialised); the recently served models then load
     # in the background, and /readyz says ready once they have. No user pays for either.
@@ -56,11 +62,18 @@ def create_app() -> FastAPI:
         description="Train and serve Keras models over HTTP: model specs, datasets, fit and "
         "evaluate jobs on Celery workers, TensorFlow Serving-style predict.",
         lifespan=lifespan,
+        # /docs is served by app/ui from the package (FastAPI's own pages load from a CDN).
+        docs_url=None, redoc_url=None,
     )
     problems.install(app)
+    # Added first, so it sits inside PredictFastPath: predict requests never pass through it.
+    app.add_middleware(JsonDepthLimit)
     app.add_middleware(PredictFastPath)
-    for router in (specs_router, datasets_router, jobs_router, models_router, predict_router):
+    app.add_middleware(RequestId)  # outermost: every request, predict included, gets an id
+    for router in (specs_router, datasets_router, jobs_router, models_router, predict_router,
+                   plots_router, ui_router, metrics_router):
         app.include_router(router)
+    _document_problems(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -68,7 +81,9 @@ def create_app() -> FastAPI:
         # sick database hold every thread of the pool. It touches nothing else on purpose.
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses={
+        **problems.responses(503),
+        200: {"description": "Ready: the checks, and the models loaded"}})
     def readyz() -> Any:
         checks: dict[str, str] = {}
         for name, check in (("database", _check_db), ("broker", check_broker),
@@ -88,6 +103,25 @@ def create_app() -> FastAPI:
         return {"status": "ready", "checks": checks, "loaded_models": loaded}
 
     return app
+
+
+def _document_problems(app: FastAPI) -> None:
+    """The OpenAPI document names the Problem schema that every route's error responses use."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problems.add_problem_schemas(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _remove_stale_staging(max_age_s: float) -> None:
+    """Staging folders of uploads killed mid-way (API process killed): only those untouched
+    for `max_age_s`, so an upload another API process is receiving right now stays."""
+    removed = get_store().remove_stale_staging(max_age_s)
+    if removed:
+        log.info("removed %d staging folder(s) left by killed uploads", len(removed))
 
 
 def _check_db() -> None:

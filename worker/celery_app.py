@@ -1,28 +1,38 @@
 """The Celery worker: prefork pool, one job per child, TensorFlow imported only after the fork.
 
-Run it with `keras-jobs worker` (or `celery -A worker.celery_app worker`).
+Run it with `keras-jobs worker` (or `celery -A worker.celery_app worker`). SIGTERM is Celery's
+warm shutdown: the parent asks its children to hand their jobs back (checkpoint at the next
+batch, queued again at the head of the queue), so a deploy or scale-down finishes in seconds
+and costs no job an attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from app.core.broker import get_celery
 
 app = get_celery()
-app.conf.include = ["worker.tasks"]
+# worker.observe: job ids for the logs and job durations for the metrics (task signals).
+app.conf.include = ["worker.tasks", "worker.observe"]
 log = logging.getLogger(__name__)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]
 def _warm_child(**_kwargs: Any) -> None:
     """Import TensorFlow in the fresh child while it waits for a job (never in the parent:
-    TensorFlow is not fork-safe), and let GPU memory grow instead of taking it all."""
+    TensorFlow is not fork-safe), and let GPU memory grow instead of taking it all. The
+    hand-back signals come first: the parent may send them while TensorFlow loads."""
+    from app.training.cancel import install_hand_back_signals
+
+    install_hand_back_signals()
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):
@@ -40,24 +50,62 @@ def _warm_child(**_kwargs: Any) -> None:
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_orphan_sweep(**_kwargs: Any) -> None:
-    """Jobs left running by a worker that died (no heartbeat for KJ_STALE_AFTER_S) run again:
-    swept now and every KJ_SWEEP_S from this (parent) process. On the embedded broker nothing
-    else would ever bring their messages back."""
+    """Jobs whose process died, queued jobs whose message was lost, and folders of ended jobs
+    (app.jobs.recovery): swept now and every KJ_SWEEP_S from this (parent) process. On the
+    embedded broker nothing else would ever bring a dead worker's message back."""
     from app.core.config import get_settings
 
     settings = get_settings()
-    threading.Thread(target=_sweep_forever, args=(settings.stale_after_s, settings.sweep_s),
+    threading.Thread(target=_sweep_forever, args=(settings.sweep_s,),
                      name="orphan-sweep", daemon=True).start()
 
 
-def _sweep_forever(stale_after_s: float, every_s: float) -> None:
-    from app.jobs.state import requeue_stale
+def _sweep_forever(every_s: float) -> None:
+    from app.core.config import get_settings
+    from app.core.storage import get_store
+    from app.jobs.recovery import sweep
 
     while True:
         try:
-            requeued = requeue_stale(stale_after_s)
-            if requeued:
-                log.warning("requeued jobs whose worker had died: %s", ", ".join(requeued))
+            swept = sweep(get_settings(), get_store())
+            if swept:
+                log.warning("sweep: process gone %s, heartbeat stale %s, message re-sent %s, "
+                            "folders removed %s", swept.dead, swept.stale, swept.redispatched,
+                            swept.cleaned)
         except Exception:  # a database or broker hiccup: try again next round
             log.warning("orphan sweep failed", exc_info=True)
         time.sleep(every_s)
+
+
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _hand_back_jobs(sig: str = "", how: str = "", **_kwargs: Any) -> None:
+    """Warm shutdown (SIGTERM): ask every child to hand its job back (SIGUSR2; see
+    app.training.cancel), instead of letting the shutdown wait for whole jobs. Runs in the
+    parent's signal handler: only signals are sent."""
+    if how != "Warm":
+        return
+    for pid in _children():
+        try:
+            os.kill(pid, signal.SIGUSR2)
+        except OSError:
+            pass
+
+
+def _children() -> list[int]:
+    """This process's child processes (the pool's), from /proc (Linux)."""
+    me, found = os.getpid(), []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[1] == str(me):
+            found.append(int(entry))
+    return found

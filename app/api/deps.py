@@ -43,11 +43,15 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+# PostgreSQL's OFFSET is a bigint; a larger one was a 500 ("bigint out of range").
+MAX_OFFSET = 2**63 - 1
+
+
 class PageParams:
     """`?limit=&offset=` of every list route."""
 
     def __init__(self, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                 offset: Annotated[int, Query(ge=0)] = 0) -> None:
+                 offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> None:
         self.limit = limit
         self.offset = offset
 

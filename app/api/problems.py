@@ -10,6 +10,7 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.db import database_unavailable
@@ -23,6 +24,59 @@ DB_RETRY_AFTER_S = 5
 
 # Serving protocols whose clients read `{"error": "..."}` (TF Serving, KServe/Triton).
 SERVING_PREFIXES = ("/v1/models", "/v2")
+
+
+class ProblemField(BaseModel):
+    """One thing wrong with the request: where (a JSON pointer into the body, or /path/…,
+    /query/…, /header/… for parameters) and what."""
+
+    pointer: str
+    detail: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: the body of every error the API answers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A URI naming the kind of problem (about:blank for none).")
+    title: str
+    status: int
+    detail: str
+    instance: str = Field(description="The path of the request.")
+    errors: list[ProblemField] | None = Field(None, description="Bad input, field by field.")
+    error: str | None = Field(None, description="The detail again, for TensorFlow Serving and "
+                              "KServe clients (serving routes only).")
+
+
+# What each status means in this API, for the OpenAPI document.
+PROBLEM_DESCRIPTIONS = {
+    400: "Malformed request (unparsable or too deeply nested body, bad header)",
+    404: "No such resource",
+    409: "Conflict with the current state (in use, Idempotency-Key reused or in progress)",
+    413: "Body too large",
+    415: "Unsupported content type",
+    422: "The request is well-formed but its content cannot be used",
+    503: "A dependency is unavailable or overloaded (database, broker, model); see Retry-After",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a router or route: each status as an application/problem+json
+    `Problem` (whose schema `add_problem_schemas` puts into the document's components)."""
+    ref = {"$ref": "#/components/schemas/Problem"}
+    return {status: {"description": PROBLEM_DESCRIPTIONS[status],
+                     "content": {PROBLEM_JSON: {"schema": ref}}} for status in statuses}
+
+
+def add_problem_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Add `Problem` (and what it refers to) to the document's components: the `responses`
+    above refer to it by name, so FastAPI never sees it as a model of its own."""
+    schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(schema.pop("$defs", {}))
+    schemas["Problem"] = schema
+    return openapi
 
 
 def problem(status: int, title: str, detail: str, instance: str, *,

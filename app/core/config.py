@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,7 +36,17 @@ class Settings(BaseSettings):
     stale_after_s: float = 60.0
     # How often each worker looks for such orphaned jobs (besides once at start-up).
     sweep_s: float = 30.0
+    # The same sweep sends a queued job's message again when it was sent longer ago than this
+    # and is no longer in the broker (broker restarted empty, held by a worker that died).
+    # Above the longest wait of a message a live worker holds (a database retry: 60 s).
+    redispatch_after_s: float = 120.0
+    # Staging folders (an upload in progress, a version being saved) untouched for this long
+    # belong to a process that was killed; the API removes them at start-up.
+    staging_max_age_s: float = 3600.0
     max_upload_bytes: int = 4 * 1024**3
+    # A CSV upload with more columns than this is refused (422) before it is parsed: each
+    # column becomes an array file of its own.
+    max_csv_columns: int = 2048
     # Fit jobs whose arrays are larger than this stream batches from the memory-mapped arrays
     # (tf.data) instead of loading them (job option input="auto").
     stream_threshold_bytes: int = 1024**3
@@ -72,6 +83,12 @@ class Settings(BaseSettings):
     # Celery queue that training jobs go to (long tasks on their own queue).
     queue: str = "training"
     log_level: str = "INFO"
+    # "json": every log line is a JSON object (time, level, logger, message, request_id and
+    # job_id when known); "text": the plain format.
+    log_format: Literal["text", "json"] = "text"
+    # `keras-jobs worker` serves its Prometheus metrics (job and epoch durations) on this port;
+    # 0: off. `--metrics-port` sets it too.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
 
     @field_validator("home", mode="after")
     @classmethod

@@ -167,7 +167,8 @@ def upsert(session: Session, table: type[Any], values: dict[str, Any], keys: lis
 def get_owned(session: Session, table: type[RowT], owner: str, ident: str, kind: str) -> RowT:
     """The row `ident` of `table` if it belongs to `owner`; otherwise 404, exactly as if it did
     not exist (a caller never learns that another owner's id is taken)."""
-    row = session.get(table, ident)
+    # PostgreSQL cannot even compare text holding a NUL: no such id exists, so say so.
+    row = session.get(table, ident) if "\x00" not in ident else None
     if row is None or getattr(row, "owner", None) != owner:
         raise not_found(kind, ident)
     return row

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from pathlib import Path
 
 # The layout of a model version's folder: everything a version holds is named here.
 MODEL_FILE = "model.keras"
+TENSORBOARD_FOLDER = "tensorboard"
 
 
 @dataclass
@@ -37,17 +39,20 @@ class ArtifactStore:
             raise ValueError(f"artifact key escapes the store: {key!r}")
         return resolved
 
-    def staging_dir(self) -> Path:
-        """A fresh private folder on the same file system as the store (so publish is a rename)."""
-        path = self.root / "tmp" / uuid.uuid4().hex
+    def staging_dir(self, job_id: str | None = None) -> Path:
+        """A fresh private folder on the same file system as the store (so publish is a rename).
+        A job's are named after it (`<job_id>.<random>`), so the folders a killed job left can
+        be found and removed once it has ended."""
+        name = uuid.uuid4().hex
+        path = self.root / "tmp" / (f"{job_id}.{name}" if job_id else name)
         path.mkdir(parents=True)
         return path
 
     @contextmanager
-    def staging(self) -> Iterator[Path]:
+    def staging(self, job_id: str | None = None) -> Iterator[Path]:
         """A staging folder that is gone afterwards, whatever happened: what was published
         from it has been renamed out of it; anything left is a failed write's remains."""
-        path = self.staging_dir()
+        path = self.staging_dir(job_id)
         try:
             yield path
         finally:
@@ -76,6 +81,49 @@ class ArtifactStore:
         except FileNotFoundError:
             return (0, 0)
         return (st.st_ino, st.st_mtime_ns)
+
+    def job_staging(self) -> dict[str, list[Path]]:
+        """Staging folders of jobs, by job id (see staging_dir)."""
+        found: dict[str, list[Path]] = {}
+        tmp = self.root / "tmp"
+        for path in tmp.iterdir() if tmp.is_dir() else ():
+            job_id, dot, _rest = path.name.partition(".")
+            if dot and job_id.startswith("job_") and path.is_dir():
+                found.setdefault(job_id, []).append(path)
+        return found
+
+    def job_checkpoints(self) -> dict[str, Path]:
+        """Checkpoint folders, by job id."""
+        root = self.root / "checkpoints"
+        return {p.name: p for p in (root.iterdir() if root.is_dir() else ()) if p.is_dir()}
+
+    def remove_job_folders(self, job_id: str) -> None:
+        """A job's checkpoints and staging folders (once it has ended, or before a new attempt
+        starts: an attempt that was killed leaves its staging folder)."""
+        shutil.rmtree(self.path(self.checkpoint_key(job_id)), ignore_errors=True)
+        self.remove_job_staging(job_id)
+
+    def remove_job_staging(self, job_id: str) -> None:
+        for path in self.job_staging().get(job_id, []):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def remove_stale_staging(self, max_age_s: float) -> list[str]:
+        """Remove what a killed upload (or other writer) left in the staging area: entries in
+        which nothing was written for `max_age_s`, so one still being written by a live process
+        (another API process, or a worker) is left alone. Jobs' folders are not touched: the
+        workers remove them once their job has ended. Returns the names removed."""
+        tmp = self.root / "tmp"
+        cutoff = time.time() - max_age_s
+        removed = []
+        for path in tmp.iterdir() if tmp.is_dir() else ():
+            if path.name.partition(".")[0].startswith("job_") or _newest_mtime(path) >= cutoff:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path.name)
+        return removed
 
     def delete(self, key: str) -> None:
         target = self.path(key)
@@ -111,6 +159,24 @@ class ArtifactStore:
     @staticmethod
     def checkpoint_key(job_id: str) -> str:
         return f"checkpoints/{job_id}"
+
+    @staticmethod
+    def tensorboard_key(job_id: str = "") -> str:
+        """A fit job's TensorBoard event files (job option `tensorboard`); with no job, the
+        folder of all of them, which `keras-jobs tensorboard` serves."""
+        return f"{TENSORBOARD_FOLDER}/{job_id}" if job_id else TENSORBOARD_FOLDER
+
+
+def _newest_mtime(path: Path) -> float:
+    """The last time anything in `path` (a file, or a folder and everything in it) changed."""
+    try:
+        newest = path.stat().st_mtime
+        if path.is_dir():
+            for sub in path.rglob("*"):
+                newest = max(newest, sub.stat().st_mtime)
+    except FileNotFoundError:  # removed meanwhile (its writer finished): treat as fresh
+        return time.time()
+    return newest
 
 
 @lru_cache

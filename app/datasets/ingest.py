@@ -24,6 +24,9 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 CSV_CHUNK_ROWS = 65536
+# A chunk also holds at most this many cells, so a wide CSV's chunk stays small (parsed cells
+# are Python strings until the chunk is converted).
+CSV_CHUNK_CELLS = 1 << 20
 SINGLE_ARRAY_NAME = "x"
 
 
@@ -48,8 +51,10 @@ def detect_format(filename: str, head: bytes) -> str:
     )
 
 
-def ingest(src: Path, filename: str, dest: Path, max_bytes: int) -> IngestResult:
-    """Read `src` and write its arrays as `dest/<name>.npy`; raise DomainError on bad input."""
+def ingest(src: Path, filename: str, dest: Path, max_bytes: int,
+           max_columns: int | None = None) -> IngestResult:
+    """Read `src` and write its arrays as `dest/<name>.npy`; raise DomainError on bad input.
+    A CSV may have at most `max_columns` columns (None: no bound)."""
     if src.stat().st_size == 0:
         raise bad_request("The uploaded file is empty.", [FieldError("/file", "empty file")])
     with src.open("rb") as fh:
@@ -60,7 +65,7 @@ def ingest(src: Path, filename: str, dest: Path, max_bytes: int) -> IngestResult
     elif fmt == "npy":
         _copy_npy(src.open("rb"), dest / f"{SINGLE_ARRAY_NAME}.npy", "/file", max_bytes)
     else:
-        _ingest_csv(src, dest)
+        _ingest_csv(src, dest, max_columns)
     arrays = _describe(dest)
     return IngestResult(fmt, _common_rows(arrays), arrays)
 
@@ -135,7 +140,7 @@ def _ingest_npz(src: Path, dest: Path, max_bytes: int) -> None:
                 raise invalid("Not a readable .npz file.", [FieldError(pointer, str(exc))]) from exc
 
 
-def _csv_rows(src: Path) -> tuple[list[str], Iterator[list[str]]]:
+def _csv_rows(src: Path, max_columns: int | None) -> tuple[list[str], Iterator[list[str]]]:
     text = io.TextIOWrapper(src.open("rb"), encoding="utf-8-sig", newline="")
     reader = csv.reader(text)
     try:
@@ -143,6 +148,11 @@ def _csv_rows(src: Path) -> tuple[list[str], Iterator[list[str]]]:
     except (StopIteration, UnicodeDecodeError, csv.Error) as exc:
         raise invalid("The CSV file has no readable header row.",
                       [FieldError("/file", str(exc) or "no header")]) from exc
+    if max_columns is not None and len(header) > max_columns:
+        raise invalid(f"The CSV file has {len(header)} columns; at most {max_columns} are "
+                      "accepted (KJ_MAX_CSV_COLUMNS). Upload wide data as a .npz or .npy "
+                      "array instead.",
+                      [FieldError("/file/columns", f"at most {max_columns} columns")])
     for i, name in enumerate(header):
         if not NAME_RE.match(name):
             raise invalid(f"CSV column name {name!r} is not accepted.",
@@ -153,14 +163,17 @@ def _csv_rows(src: Path) -> tuple[list[str], Iterator[list[str]]]:
     return header, reader
 
 
-def _ingest_csv(src: Path, dest: Path) -> None:
+def _ingest_csv(src: Path, dest: Path, max_columns: int | None) -> None:
     """Numeric columns become arrays of shape (rows,): int64 when every value is whole,
     float32 otherwise (Keras's default float)."""
-    header, reader = _csv_rows(src)
-    raw = [(dest / f".{name}.f64").open("wb") for name in header]
+    header, reader = _csv_rows(src, max_columns)
+    # Each column's values go to its own raw file, opened for each chunk's append: holding one
+    # file per column open would run out of file descriptors on a wide CSV.
+    raw = [dest / f".{name}.f64" for name in header]
     whole = [True] * len(header)
     rows = 0
     chunk: list[list[str]] = []
+    chunk_rows = min(CSV_CHUNK_ROWS, max(1, CSV_CHUNK_CELLS // len(header)))
 
     def flush() -> None:
         nonlocal rows
@@ -172,10 +185,11 @@ def _ingest_csv(src: Path, dest: Path) -> None:
             raise invalid("The CSV file has a value that is not a number.",
                           [FieldError("/file", f"rows {rows + 2}..{rows + len(chunk) + 1}: {exc}")]
                           ) from exc
-        for j, fh in enumerate(raw):
+        for j, path in enumerate(raw):
             col = np.ascontiguousarray(block[:, j])
             whole[j] = whole[j] and bool(np.all(np.mod(col, 1) == 0))
-            fh.write(col.tobytes())
+            with path.open("ab") as fh:
+                fh.write(col.tobytes())
         rows += len(chunk)
         chunk.clear()
 
@@ -188,15 +202,12 @@ def _ingest_csv(src: Path, dest: Path) -> None:
                               [FieldError("/file", f"line {line_no} has {len(row)} fields, "
                                           f"the header has {len(header)}")])
             chunk.append(row)
-            if len(chunk) >= CSV_CHUNK_ROWS:
+            if len(chunk) >= chunk_rows:
                 flush()
         flush()
     except (UnicodeDecodeError, csv.Error) as exc:
         raise invalid("The CSV file is not readable UTF-8 text.", [FieldError("/file", str(exc))]
                       ) from exc
-    finally:
-        for fh in raw:
-            fh.close()
     if rows == 0:
         raise invalid("The CSV file has a header but no rows.", [FieldError("/file", "no rows")])
     for j, name in enumerate(header):

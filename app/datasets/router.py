@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from app.api import idempotency
+from app.api import idempotency, problems
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotency import IdempotencyKeyDep
 from app.api.multipart import openapi_body, receive_file
@@ -12,10 +12,12 @@ from app.api.schemas import Page
 from app.datasets import service
 from app.datasets.schemas import DatasetRead
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
+                   responses=problems.responses(400, 404, 409, 422, 503))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetRead,
+             responses=problems.responses(413, 415),
              openapi_extra=openapi_body({"name": "optional; defaults to the file name"}))
 async def upload_dataset(
     request: Request, caller: CallerDep, session: SessionDep, store: StoreDep,
@@ -30,7 +32,8 @@ async def upload_dataset(
 
         def create() -> DatasetRead:
             dataset = service.create(session, store, caller.owner, staging, received,
-                                     fields.get("name"), settings.max_upload_bytes)
+                                     fields.get("name"), settings.max_upload_bytes,
+                                     settings.max_csv_columns)
             response.headers["Location"] = f"/v1/datasets/{dataset.id}"
             return DatasetRead.model_validate(dataset)
 

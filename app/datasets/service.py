@@ -16,21 +16,35 @@ from app.datasets.ingest import _common_rows, _describe, ingest
 from app.tables import Dataset, Job, JobStatus
 from app.tables.base import new_id
 
+# The columns' sizes (tables/dataset.py).
+MAX_NAME = 200
+MAX_FILENAME = 300
+
 
 def create(session: Session, store: ArtifactStore, owner: str, staging: Path,
-           upload: ReceivedFile, name: str | None, max_bytes: int) -> Dataset:
+           upload: ReceivedFile, name: str | None, max_bytes: int,
+           max_csv_columns: int | None = None) -> Dataset:
     """Parse a received upload (in `staging`) into per-array files, publish them and add the
-    row. The caller removes `staging`; a failure here publishes nothing: no row, no file."""
-    if name is not None and len(name) > 200:
+    row. The caller removes `staging`; a failure here publishes nothing: no row, no file.
+
+    The file name is kept for reference only: its last MAX_FILENAME characters (the end holds
+    the extension, which says the format), and the default name its last MAX_NAME."""
+    if name is not None and len(name) > MAX_NAME:
         raise invalid("The dataset name is too long.", [FieldError("/name", "at most 200 "
                                                                    "characters")])
+    for pointer, what, text in (("/name", "name", name or ""),
+                                ("/file", "file name", upload.filename)):
+        if "\x00" in text:  # PostgreSQL text cannot hold it
+            raise invalid(f"The {what} may not contain the NUL character.",
+                          [FieldError(pointer, f"the {what} contains NUL (\\u0000)")])
     arrays_dir = staging / "arrays"
     arrays_dir.mkdir()
-    result = ingest(upload.path, upload.filename, arrays_dir, max_bytes * 8)
+    result = ingest(upload.path, upload.filename, arrays_dir, max_bytes * 8, max_csv_columns)
     dataset_id = new_id("ds")
     key = store.dataset_key(dataset_id)
-    dataset = Dataset(id=dataset_id, owner=owner, name=name or upload.filename,
-                      filename=upload.filename, format=result.format, sha256=upload.sha256,
+    filename = upload.filename[-MAX_FILENAME:]
+    dataset = Dataset(id=dataset_id, owner=owner, name=name or filename[-MAX_NAME:],
+                      filename=filename, format=result.format, sha256=upload.sha256,
                       size_bytes=upload.size, num_rows=result.num_rows, arrays=result.arrays,
                       storage_key=key)
     _add_published(session, store, dataset, arrays_dir)
@@ -47,7 +61,8 @@ def record_output(session: Session, store: ArtifactStore, owner: str, name: str,
     dataset_id = new_id("ds")
     key = store.dataset_key(dataset_id)
     sha256, size = _digest(arrays_dir, sorted(arrays))
-    dataset = Dataset(id=dataset_id, owner=owner, name=name[:200], filename=source[:300],
+    dataset = Dataset(id=dataset_id, owner=owner, name=name[:MAX_NAME],
+                      filename=source[:MAX_FILENAME],
                       format=format, sha256=sha256, size_bytes=size,
                       num_rows=_common_rows(arrays), arrays=arrays, storage_key=key)
     _add_published(session, store, dataset, arrays_dir)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from app.api import idempotency
+from app.api import idempotency, problems
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotency import IdempotentJsonDep
 from app.api.schemas import Page
@@ -16,7 +16,8 @@ from app.jobs.logs import read_tail
 from app.jobs.schemas import JobCreate, JobRead
 from app.tables import JobStatus
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
+                   responses=problems.responses(400, 404, 409, 422, 503))
 
 FIT_EXAMPLE = {"type": "fit", "spec_id": "spec_...", "dataset_id": "ds_...", "x": "x", "y": "y",
                "epochs": 5, "batch_size": 16, "validation_split": 0.3, "seed": 1,
@@ -28,8 +29,8 @@ def create_job(caller: CallerDep, session: SessionDep, response: Response,
                body: Annotated[JobCreate, Body(examples=[FIT_EXAMPLE])],
                key: IdempotentJsonDep) -> JobRead | JSONResponse:
     """Queue a fit, evaluate or (batch) predict job; it is sent to a worker once this request
-    has committed (a broker that cannot take it makes this answer 503). A replayed answer
-    enqueues nothing."""
+    has committed (if the broker cannot take it, it stays queued and a worker's sweep sends it
+    once the broker is back). A replayed answer enqueues nothing."""
 
     def create() -> JobRead:
         job = service.create(session, caller.owner, body)

@@ -16,13 +16,27 @@ ARRAY_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$"
 ArrayName = Annotated[str, Field(pattern=ARRAY_NAME_PATTERN)]
 ArraySelector = ArrayName | list[ArrayName] | dict[str, ArrayName | list[ArrayName]]
 
+# Limits every job type takes (the worker enforces them; app.training.runner, app.jobs.state).
+MaxRuntime = Annotated[float | None, Field(
+    gt=0, le=365 * 24 * 3600, description="Fail the job once it has run this many seconds "
+    "(all its attempts together); nothing is saved.")]
+MaxAttempts = Annotated[int, Field(
+    ge=1, le=100, description="Fail the job once this many of its attempts died (worker "
+    "killed, host lost); a worker's shutdown hands it back without counting.")]
+
+# Job requests are strict: `"epochs": true` or `"batch_size": "32"` is a 422, not one epoch or a
+# silent conversion; NaN and ±Infinity (which Python's json reads, and PostgreSQL's json type
+# refuses to store) are 422s at their field.
+STRICT_REQUEST = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+MAX_STEPS = 2**31 - 1
+
 
 class CallbackSpec(BaseModel):
     """A Keras callback by name with its arguments, e.g.
     {"type": "EarlyStopping", "monitor": "val_loss", "patience": 3, "restore_best_weights": true}.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     type: str
 
@@ -30,14 +44,14 @@ class CallbackSpec(BaseModel):
 class KeepBestOptions(BaseModel):
     """Save the weights of the best epoch by `monitor` instead of the last epoch's."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
     monitor: str = "val_loss"
     mode: Literal["auto", "min", "max"] = "auto"
 
 
 class FitJobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
     type: Literal["fit"]
     spec_id: str | None = Field(None, description="Train this spec from scratch (or give "
@@ -52,49 +66,57 @@ class FitJobCreate(BaseModel):
     class_weight: dict[str, float] | None = Field(
         None, description="Class index (as a string) → weight; single-output models.")
     epochs: int = Field(1, ge=1, le=100_000)
-    initial_epoch: int = Field(0, ge=0)
+    initial_epoch: int = Field(0, ge=0, le=100_000)
     batch_size: int = Field(32, ge=1, le=1_000_000)
-    steps_per_epoch: int | None = Field(None, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1, le=MAX_STEPS)
     validation_split: float | None = Field(None, gt=0, lt=1)
     validation_dataset_id: str | None = None
-    validation_freq: int = Field(1, ge=1)
+    validation_freq: int = Field(1, ge=1, le=100_000)
     shuffle: bool = True
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     deterministic: bool = Field(False, description="TensorFlow op determinism (slower).")
     callbacks: list[CallbackSpec] = Field(default_factory=list)
     terminate_on_nan: bool = True
     keep_best: KeepBestOptions | None = None
+    tensorboard: bool = Field(False, description="Write TensorBoard event files (scalars per "
+                              "epoch) to tensorboard/<job id> in the artifact store; "
+                              "`keras-jobs tensorboard` serves them.")
+    tensorboard_graph: bool = Field(False, description="With tensorboard: the model's graph "
+                                    "too.")
     input: Literal["auto", "memory", "stream"] = Field(
         "auto", description="'memory' loads the arrays; 'stream' feeds batches from the "
         "memory-mapped arrays through tf.data; 'auto' streams above KJ_STREAM_THRESHOLD_BYTES.")
     model_name: str | None = Field(None, pattern=MODEL_NAME_PATTERN,
                                    description="Saved as the next version of this model; "
                                    "defaults to the spec's (or from_model's) name.")
+    max_runtime_s: MaxRuntime = None
+    max_attempts: MaxAttempts = 3
 
 
-class EvaluateJobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _SavedModelJob(BaseModel):
+    """What evaluate and (batch) predict jobs share: a saved version and the rows it reads."""
 
-    type: Literal["evaluate"]
+    model_config = STRICT_REQUEST
+
     model: str = Field(pattern=MODEL_REF_PATTERN, description="'name' (latest version) or "
                        "'name/3'")
     dataset_id: str
     x: ArraySelector = "x"
+    max_runtime_s: MaxRuntime = None
+    max_attempts: MaxAttempts = 3
+
+
+class EvaluateJobCreate(_SavedModelJob):
+    type: Literal["evaluate"]
     y: ArraySelector = "y"
     batch_size: int = Field(32, ge=1, le=1_000_000)
 
 
-class PredictJobCreate(BaseModel):
+class PredictJobCreate(_SavedModelJob):
     """`model.predict(x, batch_size=batch_size)` over a whole dataset, streamed in chunks; the
     predictions are stored as a new dataset."""
 
-    model_config = ConfigDict(extra="forbid")
-
     type: Literal["predict"]
-    model: str = Field(pattern=MODEL_REF_PATTERN, description="'name' (latest version) or "
-                       "'name/3'")
-    dataset_id: str
-    x: ArraySelector = "x"
     batch_size: int = Field(128, ge=1, le=1_000_000)
     output_name: ArrayName = Field(
         "predictions", description="The output dataset's array; a model with several outputs "
@@ -136,6 +158,23 @@ def parse_params(raw: dict[str, Any]) -> JobParams:
                           type="/problems/invalid-input") from exc
 
 
+class AttemptRead(BaseModel):
+    """One run of the job by one worker process."""
+
+    number: int
+    worker: str = Field(description="hostname:pid of the process that ran it")
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: str | None = Field(description="succeeded, failed, cancelled, handed_back (its "
+                                "worker shut down), died (its process stopped); null while "
+                                "it runs")
+    reason: str | None
+    epoch_at_start: int = Field(description="epochs the job had finished when it began")
+    resumed_from_epoch: int | None = Field(description="the epoch its training began at (from "
+                                           "a checkpoint, or the first)")
+    warnings: list[str]
+
+
 class JobRead(BaseModel):
     id: str
     type: JobType
@@ -155,4 +194,5 @@ class JobRead(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     cancel_requested_at: datetime | None
+    attempts: list[AttemptRead] = Field(default_factory=list)
     url: str

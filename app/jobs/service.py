@@ -10,9 +10,11 @@ from sqlalchemy.orm import Session
 
 from app.core.db import get_owned, paginate
 from app.core.errors import DomainError, FieldError, invalid
+from app.core.json_limits import check_storable
 from app.datasets import service as datasets
 from app.jobs import callback_specs, state
 from app.jobs.schemas import (
+    AttemptRead,
     EvaluateJobCreate,
     EvaluateJobParams,
     FitJobCreate,
@@ -23,7 +25,8 @@ from app.jobs.schemas import (
 )
 from app.registry import service as registry
 from app.specs import service as specs
-from app.tables import Dataset, Job, JobEpoch, JobStatus, JobType
+from app.specs import targets
+from app.tables import Dataset, Job, JobAttempt, JobEpoch, JobStatus, JobType
 
 
 def _check_selector(dataset: Dataset, selector: Any, pointer: str) -> None:
@@ -48,6 +51,9 @@ def _check_selector(dataset: Dataset, selector: Any, pointer: str) -> None:
 
 def create(session: Session, owner: str,
            body: FitJobCreate | EvaluateJobCreate | PredictJobCreate) -> Job:
+    # Before any lookup: an id holding a NUL cannot even be queried on PostgreSQL, and the
+    # callbacks' free-form arguments may hold NaN or NUL, which the params column refuses.
+    check_storable(body.model_dump())
     dataset = _dataset(session, owner, body.dataset_id, "/dataset_id")
     _check_selector(dataset, body.x, "/x")
     if isinstance(body, FitJobCreate):
@@ -104,6 +110,7 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset)
     if body.spec_id is not None:
         spec = _spec(session, owner, body.spec_id)
         _check_inputs(spec.spec.get("inputs"), dataset, body.x)
+        _check_targets(spec, dataset, body.y)
         name, spec_id = body.model_name or _model_name(spec.name), spec.id
     else:
         assert body.from_model is not None
@@ -142,6 +149,35 @@ def _check_inputs(inputs: Any, dataset: Dataset, selector: Any) -> None:
                 f"Array '{array_name}' does not fit input '{spec_input.get('name')}'.",
                 [FieldError(pointer, f"rows of '{array_name}' have shape {got}; the input "
                             f"expects {want} (null = any size)")])
+
+
+def _check_targets(spec: Any, dataset: Dataset, selector: Any) -> None:
+    """Fail at submit time when the arrays named for `y` cannot be the targets of the spec's
+    outputs (per-row shapes, with each output's loss in mind); a model trained on them would
+    otherwise be saved as the model's latest version. Only clear mismatches are refused (see
+    app/specs/targets.py)."""
+    found = targets.spec_targets(spec.spec, spec.keras_config, spec.summary)
+    if not found:
+        return
+    if isinstance(selector, dict):
+        by_name = {t.name: t for t in found}
+        for key, sub in selector.items():
+            if key in by_name:
+                _check_target(dataset, sub, by_name[key], f"/y/{key}")
+            elif len(found) > 1:
+                raise invalid("y must map the model's outputs to arrays.",
+                              [FieldError(f"/y/{key}", f"no output '{key}'; the outputs are "
+                                          f"{sorted(by_name)}")])
+    elif len(found) == 1:
+        _check_target(dataset, selector, found[0], "/y")
+
+
+def _check_target(dataset: Dataset, selector: Any, target: targets.Target, pointer: str) -> None:
+    rows = targets.row_shape(dataset.arrays, selector)
+    problem = targets.mismatch(rows, target) if rows is not None else None
+    if problem is not None:
+        raise invalid(f"The targets named for output '{target.name}' do not fit it.",
+                      [FieldError(pointer, problem)])
 
 
 def _model_ref(session: Session, owner: str, ref: str, pointer: str) -> Any:
@@ -200,8 +236,18 @@ def read(session: Session, job: Job) -> JobRead:
         model_name=job.model_name, model_version=job.model_version, spec_id=job.spec_id,
         dataset_id=job.dataset_id, params=job.params, cancel_requested=job.cancel_requested,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        cancel_requested_at=job.cancel_requested_at, url=f"/v1/jobs/{job.id}",
+        cancel_requested_at=job.cancel_requested_at, attempts=attempts(session, job.id),
+        url=f"/v1/jobs/{job.id}",
     )
+
+
+def attempts(session: Session, job_id: str) -> list[AttemptRead]:
+    rows = session.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id)
+                           .order_by(JobAttempt.number)).all()
+    return [AttemptRead(number=a.number, worker=a.worker, started_at=a.started_at,
+                        ended_at=a.ended_at, outcome=a.outcome, reason=a.reason,
+                        epoch_at_start=a.epoch_at_start, resumed_from_epoch=a.resumed_from_epoch,
+                        warnings=list(a.warnings or [])) for a in rows]
 
 
 def list_(session: Session, owner: str, status: JobStatus | None, limit: int, offset: int

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import logging
 import math
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 BatchFn = Callable[[list[np.ndarray]], Sequence[np.ndarray]]
 Outputs = list[np.ndarray]
 
@@ -132,10 +134,13 @@ class _Request:
 class Batcher:
     """Merges concurrent `predict` calls into batched calls of `fn`; see the module docstring."""
 
-    def __init__(self, fn: BatchFn, policy: BatchPolicy | None = None, *, name: str = "") -> None:
+    def __init__(self, fn: BatchFn, policy: BatchPolicy | None = None, *, name: str = "",
+                 on_batch: Callable[[int, int, float], None] | None = None) -> None:
         self.fn = fn
         self.policy = policy or BatchPolicy()
         self.name = name
+        # Told (rows, padded size, seconds of fn) after each batch that ran (metrics).
+        self.on_batch = on_batch
         self._pool = ThreadPoolExecutor(max_workers=self.policy.threads,
                                         thread_name_prefix=f"batcher-{name}" if name else "batcher")
         self._timeout_s = self.policy.batch_timeout_ms / 1000.0
@@ -373,6 +378,11 @@ class Batcher:
         for request, outputs in zip(batch, results, strict=True):
             if not request.future.done():
                 request.future.set_result(outputs)
+        if self.on_batch is not None:
+            try:  # after the answers: an observer's failure must not keep anyone waiting
+                self.on_batch(rows, size, elapsed)
+            except Exception:  # noqa: BLE001
+                log.warning("on_batch of batcher %r failed", self.name, exc_info=True)
 
     def _stop(self) -> None:
         if self._task is not None:

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.core.metrics import CACHE_EVICTIONS, LOADED_MODELS, batch_observer
 from app.predict.batcher import Batcher, BatchPolicy
 from app.predict.servable import Servable
 
@@ -85,12 +86,14 @@ class ModelCache:
                 self.stats.loads += 1
                 self._items[key] = loaded
                 self._evict()
+                LOADED_MODELS.set(len(self._items))
             return loaded
 
     def _load(self, key: str, name: str, version: int, path: Path,
               policy: BatchPolicy) -> LoadedModel:
         servable = Servable(path)
-        batcher = Batcher(servable, policy, name=f"{name}/{version}")
+        batcher = Batcher(servable, policy, name=f"{name}/{version}",
+                          on_batch=batch_observer(name))
         batcher.warm_up(servable.example())  # every allowed batch size traced now
         gc.freeze()  # the model lives long: keep full collections from walking it
         log.info("loaded %s/%s (%d bytes of weights)", name, version, servable.nbytes)
@@ -108,6 +111,7 @@ class ModelCache:
             _key, evicted = self._items.popitem(last=False)
             evicted.batcher.shutdown()
             self.stats.evictions += 1
+            CACHE_EVICTIONS.inc()
             log.info("evicted %s/%s from the model cache", evicted.name, evicted.version)
 
     def loaded(self) -> list[LoadedModel]:
@@ -119,3 +123,4 @@ class ModelCache:
             for item in self._items.values():
                 item.batcher.shutdown()
             self._items.clear()
+            LOADED_MODELS.set(0)

@@ -26,6 +26,7 @@ from app.core.db import session_scope
 from app.core.errors import DomainError, bad_request
 from app.predict import codec, npy, oip
 from app.predict.cache import LoadedModel
+from app.predict.metrics import observed
 from app.predict.schemas import ServingSettings
 from app.predict.service import (
     Ref,
@@ -51,20 +52,46 @@ from app.registry.schemas import (
     VersionStatus,
 )
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"],
+                   responses=problems.responses(400, 404, 422, 503))
 # JSON bodies and answers above these sizes are parsed and written on a thread: on the event
 # loop they would hold up every other request for milliseconds.
 OFF_LOOP_BYTES = 64 * 1024
 OFF_LOOP_VALUES = 16 * 1024
 
 PREDICT_EXAMPLE = {"instances": [[0.0, 3.0], [3.0, 0.0]]}
-PREDICT_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object"}, "example": PREDICT_EXAMPLE},
-    npy.NPY: {"schema": {"type": "string", "format": "binary"}},
-    npy.NPZ: {"schema": {"type": "string", "format": "binary"}}}}}
-INFER_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object"}, "example": {"inputs": [
-        {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [0.0, 3.0]}]}}}}}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# TF Serving's request: rows or columns (exactly one of them), of any nesting the model takes.
+_PREDICT_SCHEMA = {"type": "object", "properties": {
+    "instances": {"type": "array", "description": "rows: one value (or {input: value}) each"},
+    "inputs": {"description": "columns: a tensor, or {input name: tensor}"},
+    "signature_name": {"type": "string", "enum": [codec.SIGNATURE_NAME]}}}
+PREDICT_OPENAPI: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {
+        "application/json": {"schema": _PREDICT_SCHEMA, "example": PREDICT_EXAMPLE},
+        npy.NPY: _BINARY, npy.NPZ: _BINARY}},
+    "responses": {"200": {"description": "The predictions: JSON, or .npy/.npz as Accept asks",
+                          "content": {npy.NPY: _BINARY, npy.NPZ: _BINARY}}}}
+# The Open Inference Protocol's inference request (JSON form).
+_TENSOR_SCHEMA = {"type": "object", "required": ["name", "shape", "datatype"],
+                  "properties": {"name": {"type": "string"},
+                                 "shape": {"type": "array", "items": {"type": "integer"}},
+                                 "datatype": {"type": "string"}, "data": {"type": "array"},
+                                 "parameters": {"type": "object", "description": "e.g. "
+                                                "binary_data_size, for the binary extension"}}}
+_INFER_SCHEMA = {"type": "object", "required": ["inputs"], "properties": {
+    "id": {"type": "string"}, "parameters": {"type": "object"},
+    "inputs": {"type": "array", "items": _TENSOR_SCHEMA},
+    "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
+                                           "properties": {"name": {"type": "string"},
+                                                          "parameters": {"type": "object"}}}}}}
+INFER_OPENAPI: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {
+        "application/json": {"schema": _INFER_SCHEMA, "example": {"inputs": [
+            {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [0.0, 3.0]}]}}}},
+    "responses": {"200": {"description": "The outputs: JSON, or the binary tensor extension",
+                          "content": {oip.BINARY_MEDIA: _BINARY}}}}
+TOO_LARGE_OR_WRONG_TYPE = problems.responses(413, 415)
 
 
 Headers = Mapping[str, str]  # lower-case names
@@ -96,6 +123,7 @@ def _too_large(limit: int) -> DomainError:
 
 # --- TensorFlow Serving REST ---------------------------------------------------------------
 
+@observed("tfserving")  # requests and latency (app/predict/metrics.py), both doors
 async def _predict(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> Response:
     raw = await _body(stream, headers)
     model = await loaded_model(ref)
@@ -123,7 +151,8 @@ def _decode_json(raw: bytes, inputs: list[TensorInfo]) -> tuple[list[np.ndarray]
     return codec.decode(codec.parse_json(raw), inputs)
 
 
-@router.post("/v1/models/{name}:predict", openapi_extra=PREDICT_OPENAPI)
+@router.post("/v1/models/{name}:predict", openapi_extra=PREDICT_OPENAPI,
+             responses=TOO_LARGE_OR_WRONG_TYPE)
 async def predict_latest(caller: CallerDep, name: NameParam, request: Request) -> Response:
     """TensorFlow Serving's predict: rows `{"instances": [...]}` → `{"predictions": ...}`,
     columns `{"inputs": ...}` → `{"outputs": ...}`; or a `.npy`/`.npz` body
@@ -131,14 +160,16 @@ async def predict_latest(caller: CallerDep, name: NameParam, request: Request) -
     return await _predict(request.stream(), request.headers, Ref(caller.owner, name))
 
 
-@router.post("/v1/models/{name}/versions/{version}:predict", openapi_extra=PREDICT_OPENAPI)
+@router.post("/v1/models/{name}/versions/{version}:predict", openapi_extra=PREDICT_OPENAPI,
+             responses=TOO_LARGE_OR_WRONG_TYPE)
 async def predict_version(caller: CallerDep, name: NameParam, version: VersionParam,
                           request: Request) -> Response:
     return await _predict(request.stream(), request.headers,
                           Ref(caller.owner, name, version=version))
 
 
-@router.post("/v1/models/{name}/labels/{label}:predict", openapi_extra=PREDICT_OPENAPI)
+@router.post("/v1/models/{name}/labels/{label}:predict", openapi_extra=PREDICT_OPENAPI,
+             responses=TOO_LARGE_OR_WRONG_TYPE)
 async def predict_label(caller: CallerDep, name: NameParam, label: LabelParam,
                         request: Request) -> Response:
     return await _predict(request.stream(), request.headers, Ref(caller.owner, name, label=label))
@@ -200,6 +231,14 @@ def get_model(caller: CallerDep, session: SessionDep, name: NameParam) -> ModelR
 @router.get("/v1/models/{name}/versions/{version}", response_model=ModelRead, tags=["models"])
 def get_model_version(caller: CallerDep, session: SessionDep, name: NameParam,
                       version: VersionParam) -> ModelRead:
+    return _model_read(session, caller.owner, name, version)
+
+
+@router.get("/v1/models/{name}/labels/{label}", response_model=ModelRead, tags=["models"])
+def get_model_label(caller: CallerDep, session: SessionDep, name: NameParam,
+                    label: LabelParam) -> ModelRead:
+    """The version `label` points at, with its TF Serving status."""
+    version = registry.resolve(session, caller.owner, name, None, label).version
     return _model_read(session, caller.owner, name, version)
 
 
@@ -280,7 +319,9 @@ async def v2_live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready", tags=["v2"])
+@router.get("/v2/health/ready", tags=["v2"], responses={503: {
+    "description": "Not ready yet: {\"ready\": false}",
+    "content": {"application/json": {"schema": {"type": "object"}}}}})
 async def v2_ready() -> Response:
     """Ready once TensorFlow is imported and the recently served models are loaded."""
     ready = get_serving().ready.is_set()
@@ -333,6 +374,7 @@ async def v2_model_version_ready(caller: CallerDep, name: NameParam,
     return await _v2_ready(Ref(caller.owner, name, version=version))
 
 
+@observed("v2")
 async def _infer(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> Response:
     raw = await _body(stream, headers)
     model = await loaded_model(ref)
@@ -346,14 +388,15 @@ async def _infer(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> Re
     return Response(body, headers=headers)
 
 
-@router.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra=INFER_OPENAPI)
+@router.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra=INFER_OPENAPI,
+             responses=TOO_LARGE_OR_WRONG_TYPE)
 async def v2_infer(caller: CallerDep, name: NameParam, request: Request) -> Response:
     """Inference in the Open Inference Protocol v2 (JSON, or its binary tensor extension)."""
     return await _infer(request.stream(), request.headers, Ref(caller.owner, name))
 
 
 @router.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"],
-             openapi_extra=INFER_OPENAPI)
+             openapi_extra=INFER_OPENAPI, responses=TOO_LARGE_OR_WRONG_TYPE)
 async def v2_infer_version(caller: CallerDep, name: NameParam, version: VersionParam,
                            request: Request) -> Response:
     return await _infer(request.stream(), request.headers, Ref(caller.owner, name, version=version))

@@ -6,7 +6,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class ServingSettings(BaseModel):
     """A model's dynamic batching; a null field takes the server's default (KJ_BATCH_*)."""
 
-    model_config = ConfigDict(extra="forbid", from_attributes=True)
+    # Strict: `true` is not a batch size; NaN/Infinity are refused (the row stores floats).
+    model_config = ConfigDict(extra="forbid", from_attributes=True, strict=True,
+                              allow_inf_nan=False)
 
     max_batch_size: int | None = Field(None, ge=1, le=4096, description="Most rows per model "
                                        "call; batches are padded to powers of two up to it.")

@@ -36,6 +36,8 @@ class Servable:
         def call(*xs: Any) -> Any:
             self.traces += 1  # runs only while tracing
             out = model(xs[0] if single else list(xs), training=False)
+            if isinstance(out, dict):  # a dict-output model: in the order of output_names
+                return [out[n] for n in names]
             return list(out) if isinstance(out, (list, tuple)) else [out]
 
         self._model = model

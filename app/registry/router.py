@@ -4,6 +4,7 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
+from app.api import problems
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.multipart import openapi_body, receive_file
 from app.api.schemas import Page
@@ -15,7 +16,8 @@ from app.registry.schemas import (
     VersionParam,
 )
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"],
+                   responses=problems.responses(400, 404, 409, 422, 503))
 
 
 
@@ -39,7 +41,7 @@ def download_version(caller: CallerDep, session: SessionDep, store: StoreDep, na
 
 
 @router.post("/{name}/versions", status_code=status.HTTP_201_CREATED,
-             response_model=ModelVersionCreated,
+             response_model=ModelVersionCreated, responses=problems.responses(413, 415),
              openapi_extra=openapi_body({}))
 async def upload_version(
     request: Request, caller: CallerDep, session: SessionDep, store: StoreDep,

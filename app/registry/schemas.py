@@ -47,7 +47,7 @@ class ModelRead(BaseModel):
 
 
 class LabelSet(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # `true` is not version 1
 
     version: int = Field(ge=1, le=MAX_VERSION)
 

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.core.errors import DomainError, FieldError, invalid
+from app.core.json_limits import MAX_DEPTH, too_deep
 from app.core.storage import ArtifactStore, ReceivedFile
 from app.registry import service as registry
 from app.tables import ModelVersion
@@ -86,6 +87,9 @@ def read_config(path: Path) -> dict[str, Any]:
         raise _not_keras(f"cannot read the archive: {exc}") from exc
     if len(raw) > MAX_CONFIG_BYTES:
         raise _not_keras(f"{CONFIG_NAME} is larger than {MAX_CONFIG_BYTES} bytes",
+                         CONFIG_POINTER)
+    if too_deep(raw) is not None:  # json.loads and the allowlist walk recurse per level
+        raise _not_keras(f"{CONFIG_NAME} is nested more than {MAX_DEPTH} levels deep",
                          CONFIG_POINTER)
     try:
         config = json.loads(raw)

@@ -26,12 +26,14 @@ check_keras_config and deserialized in safe mode. Its compile_config is ignored:
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app.core.errors import did_you_mean
+from app.core.json_limits import check_depth, check_storable
 from app.specs.allowlist import refuse, resolve_class
 from app.specs.compiler import compile_model
 from app.specs.construct import check_kwargs, first_line, instantiate, pointer_join
@@ -127,7 +129,7 @@ def _inputs(raw: Any) -> dict[str, tuple[str, tuple[int | None, ...], str]]:
             raise refuse(f"{ptr}/shape", "expected a list of positive integers or null "
                                          "(without the batch dimension)")
         dtype = item.get("dtype", "float32")
-        if dtype not in INPUT_DTYPES:
+        if not isinstance(dtype, str) or dtype not in INPUT_DTYPES:
             raise refuse(f"{ptr}/dtype", f"unknown dtype {dtype!r} (allowed: "
                                          f"{', '.join(sorted(INPUT_DTYPES))})")
         out[name] = (ptr, tuple(shape), dtype)
@@ -319,12 +321,16 @@ def _import(raw: Any) -> keras.Model:
     import keras
 
     if isinstance(raw, str):
+        check_depth(raw, "/keras_config")  # a string escapes the request body's depth check
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise refuse("/keras_config", f"not valid JSON: {exc}") from exc
+        check_storable(raw, "/keras_config")  # NaN inside the string (the body held none)
     check_keras_config(raw, "/keras_config")
-    config = {k: v for k, v in raw.items() if k != "compile_config"}
+    # A deep copy: Keras's functional deserialization empties the config it is given, and this
+    # one is the stored spec (a fit job rebuilding it would find nothing to revive).
+    config = copy.deepcopy({k: v for k, v in raw.items() if k != "compile_config"})
     try:
         model = keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as exc:  # malformed but allowlisted config

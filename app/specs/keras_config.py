@@ -102,6 +102,9 @@ def _walk(value: Any, pointer: str, expected: Category | None, spec: bool) -> An
 def _object(value: dict[str, Any], pointer: str, expected: Category | None,
             spec: bool) -> Any:
     name = value["class_name"]
+    if not isinstance(name, str):  # before any set lookup: a list or object is unhashable
+        raise refuse(pointer_join(pointer, "class_name"),
+                     f"expected a class name (string), got {type(name).__name__}")
     allowed_keys = _OBJECT_KEYS if spec else _OBJECT_KEYS | _IMPORT_KEYS
     for key in value:
         if key not in allowed_keys:
@@ -115,7 +118,7 @@ def _object(value: dict[str, Any], pointer: str, expected: Category | None,
     if name == "function":
         return _function(value, pointer, expected, spec)
     categories = (expected,) if expected else (SPEC_CATEGORIES if spec else ALL_CATEGORIES)
-    category = category_of(name, categories) if isinstance(name, str) else None
+    category = category_of(name, categories)
     if category is None:
         # Re-resolve in the most specific category to get the "not allowed"/"did you mean" text.
         resolve_class(expected or "layer", name, pointer_join(pointer, "class_name"))

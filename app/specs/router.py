@@ -5,14 +5,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Response, status
 from fastapi.responses import JSONResponse
 
-from app.api import idempotency
+from app.api import idempotency, problems
 from app.api.deps import CallerDep, PageDep, SessionDep
 from app.api.idempotency import IdempotentJsonDep
 from app.api.schemas import Page
 from app.specs import service
 from app.specs.schemas import SPEC_EXAMPLE, SpecListItem, SpecRead
 
-router = APIRouter(prefix="/v1/specs", tags=["specs"])
+router = APIRouter(prefix="/v1/specs", tags=["specs"],
+                   responses=problems.responses(400, 404, 409, 422, 503))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SpecRead)

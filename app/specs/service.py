@@ -12,7 +12,12 @@ from sqlalchemy.orm import Session
 
 from app.core.db import get_owned, paginate
 from app.core.errors import FieldError, invalid
+from app.core.json_limits import check_storable, unstorable
 from app.tables import Spec
+
+# Keras keeps numbers as float32: a larger one (a learning rate of 1e308) becomes infinity in the
+# built model's config, which the keras_config column cannot store.
+FLOAT32_MAX = 3.4028234663852886e38
 
 # Building touches Keras's process-wide state (name counters, the default seed generator); one
 # build at a time keeps concurrent requests from interleaving there.
@@ -20,6 +25,9 @@ build_lock = threading.Lock()
 
 
 def create(session: Session, owner: str, body: dict[str, Any]) -> Spec:
+    # The body is stored as sent: a NaN, an Infinity or a NUL the database refuses is a 422
+    # here, pointing at the value, not a 500 at the INSERT.
+    check_storable(body, max_abs=FLOAT32_MAX)
     name = body.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise invalid("A spec needs a name.", [FieldError("/name", "a non-empty string of at "
@@ -30,11 +38,23 @@ def create(session: Session, owner: str, body: dict[str, Any]) -> Spec:
         model = build_compiled(body)
         keras_config = json.loads(model.to_json())
         summary = describe(model)
+    _check_built(keras_config, summary)
     spec = Spec(owner=owner, name=name, spec=body, keras_config=keras_config, summary=summary,
                 total_params=summary["total_params"], trainable_params=summary["trainable_params"])
     session.add(spec)
     session.flush()
     return spec
+
+
+def _check_built(keras_config: dict[str, Any], summary: dict[str, Any]) -> None:
+    """What Keras made of a storable body must be storable too (a layer could compute a
+    non-finite setting); said at the whole spec, since the value is Keras's, not the body's."""
+    for name, value in (("keras_config", keras_config), ("summary", summary)):
+        error = unstorable(value, f"/{name}")
+        if error is not None:
+            raise invalid("The built model cannot be stored.", [FieldError(
+                "", f"its canonical {name} holds an unstorable value at {error.pointer}: "
+                f"{error.detail}")])
 
 
 def get(session: Session, owner: str, spec_id: str) -> Spec:

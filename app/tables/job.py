@@ -57,6 +57,15 @@ class Job(Base):
     # Written every few seconds by the process running the job; a stale one means that
     # process is gone (see app.jobs.state.requeue_stale).
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The number of its current (or last) attempt (job_attempts); 0 before the first claim.
+    # Every write a running job makes is guarded by it, so a process that lost the job (taken
+    # as dead, then run elsewhere) can no longer change it.
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the job's message was last sent to the broker (None: its last send failed) and how
+    # many were sent: the broker is only a doorbell, and the workers' sweep sends a queued job
+    # again when its message is gone (app.jobs.recovery).
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
+    dispatch_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class JobEpoch(Base):

@@ -1,18 +1,24 @@
-"""Cooperative cancel, with a backstop; and the job's heartbeat.
+"""Why a running job stops early, its heartbeat, and a backstop for a job that will not stop.
 
-A thread polls the job's cancel flag in the database (works on every broker, including the
-embedded one, which has no remote control). Once set, Keras stops at the next batch boundary
-(see callbacks.CancelOnFlag). If the job is still going `grace_s` later (stuck inside one huge
-batch or an op), the thread marks it cancelled and ends this process; the worker replaces the
-child, and the redelivered message finds the job already cancelled.
+A thread in the job's process polls the job's cancel flag in the database (works on every
+broker, including the embedded one, which has no remote control), writes the heartbeat, and
+watches three more reasons to stop: the job's `max_runtime_s` ran out, the worker is shutting
+down (hand the job back), or the heartbeat found the job no longer this attempt's (it was taken
+as dead and given to another process: write nothing more). Once one is seen, `reason` is set,
+then `requested`, and Keras stops at the next batch boundary (callbacks.CancelOnFlag). If the
+job is still going `grace_s` later (stuck inside one huge batch or an op), the thread makes the
+reason's transition itself and ends this process; the worker replaces the child.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
+import signal
 import threading
 import time
+from typing import Any
 
 from app.jobs import state
 from app.tables import JobStatus
@@ -20,42 +26,114 @@ from app.tables import JobStatus
 log = logging.getLogger(__name__)
 
 
+class StopReason(enum.StrEnum):
+    cancel = "cancel"
+    timeout = "timeout"
+    hand_back = "hand_back"
+    lost = "lost"
+
+
+# Set in a worker's child when its worker is shutting down (SIGTERM to the worker: a deploy, a
+# scale-down): the running job checkpoints at its next batch and is handed back.
+HAND_BACK = threading.Event()
+# Set while a job runs in this process (a watcher is active).
+_RUNNING = threading.Event()
+
+
+def install_hand_back_signals() -> None:
+    """In a worker's child: SIGUSR2 (sent by the parent when its warm shutdown starts) and a
+    first SIGTERM while a job runs (the whole process group stopped at once, as systemd does)
+    ask the running job to hand itself back. SIGTERM to an idle child, or a second one, ends
+    the process as usual (the pool's own terminate relies on that)."""
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if not _RUNNING.is_set():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+        HAND_BACK.set()
+
+    signal.signal(signal.SIGUSR2, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
 class CancelWatcher:
-    def __init__(self, job_id: str, poll_s: float, grace_s: float, heartbeat_s: float) -> None:
+    def __init__(self, job_id: str, poll_s: float, grace_s: float, heartbeat_s: float, *,
+                 attempt: int, deadline: float | None = None,
+                 timeout_error: str = "exceeded its max_runtime_s") -> None:
         self.job_id = job_id
+        self.attempt = attempt
         self.poll_s = poll_s
         self.grace_s = grace_s
         self.heartbeat_s = heartbeat_s
+        self.deadline = deadline  # time.monotonic() past which the job has run too long
+        self.timeout_error = timeout_error
+        self.reason: StopReason | None = None
         self.requested = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"cancel-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"watch-{job_id}", daemon=True)
 
     def __enter__(self) -> CancelWatcher:
+        _RUNNING.set()
         self._thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        _RUNNING.clear()
+
+    def stop_for(self, reason: StopReason) -> None:
+        """Ask the job to stop (the first reason wins)."""
+        if self.reason is None:
+            self.reason = reason
+        self.requested.set()
 
     def _run(self) -> None:
         last_beat = time.monotonic()
         while not self._stop.wait(self.poll_s):
-            try:
-                if state.cancel_requested(self.job_id):
-                    break
-                if time.monotonic() - last_beat >= self.heartbeat_s:
-                    state.heartbeat(self.job_id)
-                    last_beat = time.monotonic()
-            except Exception:  # a database hiccup must not kill training
-                log.warning("cancel poll failed for %s", self.job_id, exc_info=True)
+            beat = time.monotonic() - last_beat >= self.heartbeat_s
+            reason = self._look(beat)
+            if beat:
+                last_beat = time.monotonic()
+            if reason is not None:
+                break
         else:
             return
-        self.requested.set()
+        log.info("job %s (attempt %d) stops: %s", self.job_id, self.attempt, reason.value)
+        self.stop_for(reason)
         if self._stop.wait(self.grace_s):
             return
-        log.error("job %s did not stop within %.0fs of cancel; ending its process",
-                  self.job_id, self.grace_s)
-        state.finish(self.job_id, JobStatus.cancelled,
-                         error=f"did not stop within {self.grace_s:.0f}s; process ended")
+        log.error("job %s did not stop within %.0fs (%s); ending its process",
+                  self.job_id, self.grace_s, self.reason)
+        self._backstop()
         os._exit(1)
+
+    def _look(self, beat: bool) -> StopReason | None:
+        if HAND_BACK.is_set():
+            return StopReason.hand_back
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return StopReason.timeout
+        try:
+            if state.cancel_requested(self.job_id):
+                return StopReason.cancel
+            if beat and not state.heartbeat(self.job_id, self.attempt):
+                return StopReason.lost
+        except Exception:  # a database hiccup must not kill training
+            log.warning("watch of %s failed", self.job_id, exc_info=True)
+        return None
+
+    def _backstop(self) -> None:
+        """The transition the job would have made had it stopped in time."""
+        why = f"did not stop within {self.grace_s:.0f}s; process ended"
+        try:
+            if self.reason == StopReason.cancel:
+                state.finish(self.job_id, JobStatus.cancelled, error=why, attempt=self.attempt)
+            elif self.reason == StopReason.timeout:
+                state.finish(self.job_id, JobStatus.failed, error=self.timeout_error,
+                             attempt=self.attempt)
+            elif self.reason == StopReason.hand_back:
+                state.hand_back(self.job_id, self.attempt, f"its worker shut down; {why}")
+        except Exception:  # noqa: BLE001 - the sweep finds the job once the process is gone
+            log.exception("could not record how job %s ended", self.job_id)

@@ -8,62 +8,136 @@ A fit job makes exactly these Keras calls (README, "Reproducing a fit job"):
     # the last ceil-rounded fraction held out (data.split_index)
     model.fit(x, y, epochs=..., batch_size=..., shuffle=..., validation_data=(x_val, y_val),
               callbacks=[...], verbose=0)
+
+Each run is one attempt of the job (state.claim). It ends the job, or hands it back when the
+worker shuts down (checkpoint first), or stops writing at once when the job was taken from it
+(a process taken as dead that was not). `max_runtime_s` counts the running time of all the
+job's attempts; past it the job fails and nothing is saved.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
-import shutil
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.errors import DomainError
 from app.core.storage import ArtifactStore, get_store
 from app.datasets import service as datasets
-from app.jobs import state
+from app.jobs import recovery, state
 from app.jobs.logs import job_log
 from app.jobs.schemas import EvaluateJobParams, FitJobParams, PredictJobParams, parse_params
 from app.registry import service as registry
 from app.tables import Dataset, Job, JobStatus, Spec
 from app.training import batch_predict, data
-from app.training.cancel import CancelWatcher
+from app.training.cancel import CancelWatcher, StopReason
 from app.training.fit_inputs import FitInputs
+
+if TYPE_CHECKING:  # imports Keras: only inside the child's job
+    from app.training.checkpoints import Restored
 
 log = logging.getLogger(__name__)
 
 
-class Cancelled(Exception):
-    pass
+class Stopped(Exception):
+    """The job stopped before its end, for its watcher's `reason`."""
+
+    def __init__(self, reason: StopReason) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
 
 
 def run_job(job_id: str, redelivered: bool = False) -> None:
     settings = get_settings()
-    job = state.claim(job_id, redelivered, settings.stale_after_s)
+    me = recovery.this_process()
+    job = state.claim(job_id, me)
+    if job is None and recovery.take_over_if_dead(job_id, settings.stale_after_s):
+        job = state.claim(job_id, me)  # its process is gone: run it here, now
     if job is None:
-        log.info("job %s skipped (not queued, or running in a live process)", job_id)
+        log.info("job %s skipped (not queued, or running in a live process; redelivered: %s)",
+                 job_id, redelivered)
         return
     store = get_store()
-    with job_log(store, job_id, settings.job_log_bytes), \
-            CancelWatcher(job_id, settings.cancel_poll_s, settings.cancel_grace_s,
-                          settings.heartbeat_s) as watcher:
+    store.remove_job_staging(job_id)  # what an earlier, killed attempt left
+    try:
+        with job_log(store, job_id, settings.job_log_bytes):
+            _run_attempt(job, store)
+    finally:
+        _remove_folders_if_ended(job_id, store)
+
+
+def _run_attempt(job: Job, store: ArtifactStore) -> None:
+    settings = get_settings()
+    attempt = job.attempt
+    try:
+        params = parse_params(job.params)
+    except DomainError as exc:
+        state.finish(job.id, JobStatus.failed, error=str(exc), attempt=attempt)
+        return
+    deadline, timeout_error = _runtime_limit(job.id, params.max_runtime_s)
+    with CancelWatcher(job.id, settings.cancel_poll_s, settings.cancel_grace_s,
+                       settings.heartbeat_s, attempt=attempt, deadline=deadline,
+                       timeout_error=timeout_error) as watcher:
         try:
-            params = parse_params(job.params)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Stopped(StopReason.timeout)
             if isinstance(params, FitJobParams):
                 _fit(job, params, store, watcher)
             elif isinstance(params, PredictJobParams):
                 _predict(job, params, store, watcher)
             else:
                 _evaluate(job, params, store, watcher)
-        except Cancelled:
-            state.finish(job_id, JobStatus.cancelled, error="cancelled by request")
+        except Stopped as stop:
+            _stopped(job, stop.reason, timeout_error)
         except DomainError as exc:
-            log.warning("job %s failed: %s", job_id, exc)
-            state.finish(job_id, JobStatus.failed, error=str(exc))
+            log.warning("job %s failed: %s", job.id, exc)
+            state.finish(job.id, JobStatus.failed, error=str(exc), attempt=attempt)
         except Exception as exc:
-            log.exception("job %s failed", job_id)
-            state.finish(job_id, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
+            log.exception("job %s failed", job.id)
+            state.finish(job.id, JobStatus.failed, error=f"{type(exc).__name__}: {exc}",
+                         attempt=attempt)
+
+
+def _runtime_limit(job_id: str, max_runtime_s: float | None) -> tuple[float | None, str]:
+    """The monotonic time past which the job has run for too long (its earlier attempts
+    count), and the error it then fails with."""
+    if max_runtime_s is None:
+        return None, ""
+    used = recovery.runtime_used_s(job_id)
+    error = (f"exceeded max_runtime_s={max_runtime_s:g}: stopped after {max_runtime_s:g} s of "
+             f"running time (all attempts together); nothing was saved")
+    return time.monotonic() + max_runtime_s - used, error
+
+
+def _stopped(job: Job, reason: StopReason, timeout_error: str) -> None:
+    if reason == StopReason.cancel:
+        state.finish(job.id, JobStatus.cancelled, error="cancelled by request",
+                     attempt=job.attempt)
+    elif reason == StopReason.timeout:
+        state.finish(job.id, JobStatus.failed, error=timeout_error, attempt=job.attempt)
+    elif reason == StopReason.hand_back:
+        if state.hand_back(job.id, job.attempt, "its worker is shutting down; handed back to "
+                           "resume from its checkpoint"):
+            log.info("job %s handed back", job.id)
+    else:
+        log.warning("job %s is no longer this process's (attempt %d): stopped, nothing written",
+                    job.id, job.attempt)
+
+
+def _remove_folders_if_ended(job_id: str, store: ArtifactStore) -> None:
+    """Checkpoints and staging folders go once the job has ended (a handed-back job keeps its
+    checkpoint). If the database cannot say, the workers' sweep removes them later."""
+    try:
+        with session_scope() as s:
+            job = s.get(Job, job_id)
+            ended = job is None or job.status.finished
+    except Exception:  # noqa: BLE001 - see above
+        log.info("could not check whether job %s has ended; its folders stay for now", job_id)
+        return
+    if ended:
+        store.remove_job_folders(job_id)
 
 
 def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher) -> None:
@@ -73,11 +147,13 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
     from app.jobs import callback_specs
     from app.specs.builder import adapt_layers, build_compiled
     from app.specs.model_info import needs_adapting
+    from app.training import observe
     from app.training.callbacks import CancelOnFlag, KeepBest, RecordEpochs, StopOnNaN
+    from app.training.checkpoints import SafeBackupAndRestore
 
     seed = p.seed
     if seed is None:  # record the seed actually used, so any run can be repeated
-        seed = secrets.randbelow(2**31)
+        seed = _job_seed(job.id)
     if p.deterministic:
         tf.config.experimental.enable_op_determinism()
     spec_body = _spec_body(p.spec_id) if p.spec_id else None
@@ -93,17 +169,25 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
     else:
         assert p.from_model_version_id is not None
         model = _load_version(p.from_model_version_id, store, compile=True)
-    recorder = RecordEpochs(job.id)
     canceller = CancelOnFlag(watcher.requested)
+    checkpointer = SafeBackupAndRestore(
+        store.path(store.checkpoint_key(job.id)),
+        on_warning=lambda msg: state.note_attempt(job.id, job.attempt, warning=msg),
+        hand_back_now=lambda: watcher.reason == StopReason.hand_back,
+        cut_short=canceller.cut_short,
+        on_restored=lambda restored: _resumed(job, p, restored, recorder))
+    recorder = RecordEpochs(job.id, attempt=job.attempt, db_wait_s=get_settings().stale_after_s,
+                            cut_short=lambda epoch: canceller.cut_short(epoch)
+                            or checkpointer.saved_mid_epoch is not None)
     nan_guard = StopOnNaN()
     keep_best = KeepBest(p.keep_best.monitor, p.keep_best.mode) if p.keep_best else None
-    checkpoints = store.path(store.checkpoint_key(job.id))
-    callbacks = [*callback_specs.build([c.model_dump() for c in p.callbacks]),
-                 # Resumes from the last finished epoch if this job's first process died.
-                 keras.callbacks.BackupAndRestore(str(checkpoints), delete_checkpoint=True),
-                 recorder, canceller]
+    # The canceller first, so the others know an epoch was cut short; the checkpoint before
+    # the epoch is recorded, so a recorded epoch is always in a checkpoint (never trained twice).
+    callbacks = [canceller, *callback_specs.build([c.model_dump() for c in p.callbacks]),
+                 checkpointer, recorder]
     callbacks += [nan_guard] if p.terminate_on_nan else []
     callbacks += [keep_best] if keep_best else []
+    callbacks += observe.fit_callbacks(job.id, p, store)  # epoch metrics, TensorBoard
     if needs_adapting(model):  # reading the training rows for adapt() is not free
         adapt_layers(model, inputs.adapt_source())
     inputs.fit(model, batch_size=p.batch_size, shuffle=p.shuffle, seed=seed,
@@ -112,11 +196,9 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
                validation_freq=p.validation_freq, callbacks=callbacks,
                class_weight=({int(k): v for k, v in p.class_weight.items()}
                              if p.class_weight else None), verbose=0)
-    if canceller.cancelled or watcher.requested.is_set():
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        raise Cancelled()
+    _raise_if_stopped(watcher, recorder.lost, canceller.cancelled
+                      or checkpointer.saved_mid_epoch is not None)
     if nan_guard.where is not None:
-        shutil.rmtree(checkpoints, ignore_errors=True)
         raise DomainError(422, "Training diverged", f"The loss became NaN or infinite at "
                           f"{nan_guard.where}; training was stopped (TerminateOnNaN). Lower the "
                           "learning rate, clip gradients, or check the data.")
@@ -127,6 +209,35 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
         result["best_epoch"] = keep_best.best_epoch
     metrics = {k: v for k, v in logs.items() if v is not None}
     _save_version(job, p.spec_id or job.spec_id, store, model, metrics, result)
+
+
+def _job_seed(job_id: str) -> int:
+    """A seed for a job that gave none, the same for every attempt (a resumed job must split
+    its validation rows as its first attempt did)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big") % 2**31
+
+
+def _raise_if_stopped(watcher: CancelWatcher, lost: bool, cut_short: bool) -> None:
+    """After training: why it stopped early, if it did. A hand back asked for after the last
+    batch is ignored (the job is done: save it rather than hand it back)."""
+    if lost or watcher.reason == StopReason.lost:
+        raise Stopped(StopReason.lost)
+    if cut_short or watcher.reason in (StopReason.cancel, StopReason.timeout):
+        raise Stopped(watcher.reason or StopReason.cancel)
+
+
+def _resumed(job: Job, p: FitJobParams, restored: Restored | None, recorder: Any) -> None:
+    """Training is about to start (from a checkpoint, if `restored`): record where, and the
+    last finished epoch if its process checkpointed it but was killed before recording it."""
+    start = restored.epoch if restored is not None else p.initial_epoch
+    state.note_attempt(job.id, job.attempt, resumed_from_epoch=start)
+    if restored is None or restored.last_logs is None:
+        return
+    recorder.last = restored.last_logs
+    if job.epoch < restored.epoch and restored.batch == 0:
+        state.record_epoch(job.id, restored.epoch - 1, restored.last_logs, job.attempt)
 
 
 def _spec_body(spec_id: str) -> dict[str, Any]:
@@ -160,17 +271,27 @@ def _load_version(version_id: str, store: ArtifactStore, compile: bool) -> Any:
 def _save_version(job: Job, spec_id: str | None, store: ArtifactStore, model: Any,
                   metrics: dict[str, float], result: dict[str, Any]) -> None:
     """Save `.keras` into a staging folder, then in one transaction publish it as the next
-    version and mark the job succeeded."""
+    version and mark the job succeeded. Tried again while the database is unreachable (the
+    trained model is not thrown away for a short outage). If the job is no longer this
+    attempt's, the transaction rolls back: no version is left behind."""
+    from app.training.callbacks import until_db_answers
+
     assert job.model_name is not None
-    # The staging folder is renamed into place on success; whatever is left is removed.
-    with store.staging() as staging:
-        model.save(store.model_file(staging))
-        with session_scope() as s:
-            mv = registry.publish_version(s, store, job.owner, job.model_name, staging,
-                                          metrics=metrics, job_id=job.id, spec_id=spec_id)
-            result = {**result, "metrics": metrics, "model": f"{mv.name}/{mv.version}"}
-            state.finish(job.id, JobStatus.succeeded, result=result, session=s,
-                         model_version=mv.version)
+    model_name = job.model_name
+
+    def save() -> None:
+        # The staging folder is renamed into place on success; whatever is left is removed.
+        with store.staging(job.id) as staging:
+            model.save(store.model_file(staging))
+            with session_scope() as s:
+                mv = registry.publish_version(s, store, job.owner, model_name, staging,
+                                              metrics=metrics, job_id=job.id, spec_id=spec_id)
+                done = {**result, "metrics": metrics, "model": f"{mv.name}/{mv.version}"}
+                if not state.finish(job.id, JobStatus.succeeded, result=done, session=s,
+                                    attempt=job.attempt, model_version=mv.version):
+                    raise Stopped(StopReason.lost)
+
+    until_db_answers(save, get_settings().stale_after_s)
 
 
 def _evaluate(job: Job, p: EvaluateJobParams, store: ArtifactStore,
@@ -187,8 +308,8 @@ def _evaluate(job: Job, p: EvaluateJobParams, store: ArtifactStore,
                           batch_size=p.batch_size, return_dict=True, verbose=0,
                           callbacks=[canceller])
     if canceller.cancelled:
-        raise Cancelled()
-    state.finish(job.id, JobStatus.succeeded, result=clean_logs(logs))
+        raise Stopped(watcher.reason or StopReason.cancel)
+    state.finish(job.id, JobStatus.succeeded, result=clean_logs(logs), attempt=job.attempt)
 
 
 def _predict(job: Job, p: PredictJobParams, store: ArtifactStore, watcher: CancelWatcher) -> None:
@@ -199,10 +320,10 @@ def _predict(job: Job, p: PredictJobParams, store: ArtifactStore, watcher: Cance
     model = _load_version(p.model_version_id, store, compile=False)
 
     def check_cancel() -> None:
-        if watcher.requested.is_set():
-            raise Cancelled()
+        if watcher.requested.is_set():  # cancel, time limit, hand back (it starts over)
+            raise Stopped(watcher.reason or StopReason.cancel)
 
-    with store.staging() as staging:
+    with store.staging(job.id) as staging:
         out_dir = staging / "arrays"
         out_dir.mkdir()
         written = batch_predict.predict_to_files(
@@ -216,6 +337,8 @@ def _predict(job: Job, p: PredictJobParams, store: ArtifactStore, watcher: Cance
             name = f"{p.output_name} of {job.model_name}/{job.model_version} on {job.dataset_id}"
             dataset = datasets.record_output(s, store, job.owner, name, out_dir, source=job.id)
             result = {"dataset_id": dataset.id, "rows": written.rows, "arrays": dataset.arrays}
-            if not state.finish(job.id, JobStatus.succeeded, result=result, session=s):
-                # Ended meanwhile (the cancel backstop): roll back, so no dataset is left.
-                raise Cancelled()
+            if not state.finish(job.id, JobStatus.succeeded, result=result, session=s,
+                                attempt=job.attempt):
+                # Ended meanwhile (a backstop), or taken from this process: roll back, so no
+                # dataset is left.
+                raise Stopped(StopReason.lost)

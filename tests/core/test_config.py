@@ -29,6 +29,9 @@ def test_servers_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.resolved_database_url == "postgresql+psycopg://u:p@db/kj"
     assert not s.embedded_broker
     conf = celery_config(s)
-    assert conf["broker_transport_options"] == {"visibility_timeout": 3600}
+    assert conf["broker_transport_options"] == {
+        "visibility_timeout": 3600, "priority_steps": [0, 3, 6, 9],
+        "queue_order_strategy": "priority"}
+    assert not conf["worker_cancel_long_running_tasks_on_connection_loss"]
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1 and conf["worker_max_tasks_per_child"] == 1

@@ -326,6 +326,31 @@ def test_worker_command() -> None:
     assert cmd[:2] == ["keras-jobs", "worker"]
 
 
+def test_tensorboard_reads_the_artifact_volume(cfg: dict[str, Any],
+                                              clean_env: pytest.MonkeyPatch) -> None:
+    """`keras-jobs tensorboard` over the same store the API and the worker write (read-only),
+    published on the port it listens on, with a healthcheck of its own (the image's is the
+    API's)."""
+    tb = service(cfg, "tensorboard")
+    cmd = command_args(tb.get("command"))
+    assert cmd[:2] == ["keras-jobs", "tensorboard"]
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    port = cmd[cmd.index("--port") + 1] if "--port" in cmd else "6006"
+    ports = [str(p) for p in tb.get("ports") or []]
+    assert any(p.split(":")[-1].split("/")[0] == port for p in ports), ports
+    for key, val in kj_env(tb).items():
+        clean_env.setenv(key, val)
+    root = str(Settings().resolved_artifact_root)
+    api = service(cfg, "api")
+    assert root == kj_env(api)["KJ_ARTIFACT_ROOT"]
+    ours, theirs = mount_for(cfg, tb, root), mount_for(cfg, api, root)
+    assert ours is not None and theirs is not None and ours["named"]
+    assert ours["source"] == theirs["source"], (ours, theirs)
+    assert ours["read_only"], "TensorBoard only reads the store"
+    test = (tb.get("healthcheck") or {}).get("test") or []
+    assert f"127.0.0.1:{port}" in " ".join(test), test
+
+
 def test_gpu_override_reserves_an_nvidia_gpu_for_the_worker() -> None:
     gpu = load_compose(COMPOSE_GPU)
     devices = service(gpu, "worker")["deploy"]["resources"]["reservations"]["devices"]

@@ -188,6 +188,9 @@ def test_label_moves_under_load_and_a_broken_version_leaves_it(
     assert model["labels"] == {"production": v2}
     status = {s["version"]: s["state"] for s in model["model_version_status"]}
     assert status[str(v3)] == "UNAVAILABLE" and status[str(v2)] == "AVAILABLE"
+    pointed = client.get(f"/v1/models/{name}/labels/production").json()
+    assert [v["version"] for v in pointed["versions"]] == [v2]
+    assert pointed["model_version_status"][0]["state"] == "AVAILABLE"
     assert client.delete(f"/v1/models/{name}/labels/production").status_code == 204
     assert_problem(client.post(f"/v1/models/{name}/labels/production:predict",
                                json={"instances": x.tolist()}), 404)

@@ -176,3 +176,25 @@ def test_adapt_layers_on_model_input_data() -> None:
                         "layers": [{"type": "Dense", "units": 2}, {"type": "Normalization"}]})
     with pytest.raises(DomainError):
         adapt_layers(deep, x)
+
+
+def test_an_imported_functional_config_builds_again_from_the_same_body() -> None:
+    """Keras empties a functional config it deserializes; the stored spec must survive it (a
+    fit job rebuilds the model from the very body the API stored)."""
+    import copy
+    import json
+
+    import keras
+
+    from app.specs.builder import build_compiled
+
+    a, b = keras.Input(shape=(2,), name="a"), keras.Input(shape=(3,), name="b")
+    joined = keras.layers.Concatenate()([a, b])
+    model = keras.Model([a, b], keras.layers.Dense(1, name="out")(joined))
+    body = {"name": "functional", "keras_config": json.loads(model.to_json()),
+            "compile": {"optimizer": "adam", "loss": "mse"}}
+    stored = copy.deepcopy(body)
+    first = build_compiled(body)
+    assert body == stored  # nothing of the request body was consumed
+    second = build_compiled(body)
+    assert first.count_params() == second.count_params() == model.count_params()

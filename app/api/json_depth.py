@@ -1,0 +1,87 @@
+"""Refuse JSON request bodies nested too deep, before FastAPI parses them.
+
+FastAPI reads a JSON body with `json.loads` in its route handler (fastapi/routing.py), before
+any dependency runs, and the recursive code behind it fails near 1,000 levels: `json.loads`
+with RecursionError (which FastAPI answers with a bare 400 "There was an error parsing the
+body"), pydantic's serialiser and the spec checker a few hundred levels earlier, as 500s. This
+pure-ASGI middleware reads the body of a JSON request first, and answers a body nested deeper
+than MAX_DEPTH with a 400 problem naming where; other bodies are handed on unchanged.
+
+Predict and the Open Inference Protocol routes are passed through untouched: they are the hot
+path, read their bodies themselves, and parse them with their own bounded parser
+(app/predict/codec.py parse_json). So are requests whose body FastAPI would not parse as JSON
+(multipart uploads, no content type).
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.problems import problem
+from app.core.json_limits import MAX_DEPTH, too_deep
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+SERVING_SUFFIXES = (":predict", ":classify", ":regress", "/infer")
+
+
+def _has_own_parser(path: str) -> bool:
+    return path.startswith("/v2") or path.endswith(SERVING_SUFFIXES)
+
+
+def _is_json(scope: Scope) -> bool:
+    """Whether FastAPI would parse this request's body as JSON: a media type of
+    application/json or application/*+json (parameters and case aside)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            media: bytes = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or (
+                media.startswith(b"application/") and media.endswith(b"+json"))
+    return False
+
+
+class JsonDepthLimit:
+    """Answers 400 to a JSON body nested deeper than `max_depth` (see the module's doc)."""
+
+    def __init__(self, app: ASGIApp, max_depth: int = MAX_DEPTH) -> None:
+        self.app = app
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] not in BODY_METHODS
+                or _has_own_parser(scope["path"]) or not _is_json(scope)):
+            await self.app(scope, receive, send)
+            return
+        messages = await _read_body(receive)
+        body = b"".join(m.get("body", b"") for m in messages)
+        where = too_deep(body, self.max_depth)
+        if where is not None:
+            response = problem(
+                400, "Body nested too deep", f"The JSON body is nested more than "
+                f"{self.max_depth} levels deep; no request needs that many.", scope["path"],
+                type_="/problems/bad-request",
+                errors=[{"pointer": where, "detail": f"nested more than {self.max_depth} "
+                         "levels deep"}])
+            await response(scope, receive, send)
+            return
+        await self.app(scope, _replay(messages, receive), send)
+
+
+async def _read_body(receive: Receive) -> list[Message]:
+    """The request's messages up to its last body chunk (or a disconnect)."""
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return messages
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()  # after the body: wait for a disconnect, as the server would
+
+    return replay

@@ -1,0 +1,1 @@
+"""The tutorial's plots as images: loss and metric curves, and a classifier's decision line."""

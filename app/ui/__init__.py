@@ -1,0 +1,1 @@
+"""The dashboard at /ui and the offline API docs at /docs."""

@@ -1,0 +1,57 @@
+"""What a killed upload left in the staging area is removed when an API process starts: only
+folders untouched for KJ_STAGING_MAX_AGE_S (an upload another API process is receiving right
+now stays), and never a job's (the workers remove those once the job has ended)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import reset_caches
+
+
+def _staging(root: Path, name: str, age_s: float) -> Path:
+    folder = root / "tmp" / name
+    folder.mkdir(parents=True)
+    (folder / "upload.bin").write_bytes(b"half an upload")
+    then = time.time() - age_s
+    for path in (folder / "upload.bin", folder):
+        os.utime(path, (then, then))
+    return folder
+
+
+def test_api_start_removes_stale_upload_staging(service_env: dict[str, str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    root = Path(service_env["KJ_ARTIFACT_ROOT"])
+    killed = _staging(root, uuid.uuid4().hex, age_s=7200)
+    receiving = _staging(root, uuid.uuid4().hex, age_s=7200)
+    (receiving / "upload.bin").write_bytes(b"still arriving")  # written to just now
+    fresh = _staging(root, uuid.uuid4().hex, age_s=5)
+    job = _staging(root, f"job_{uuid.uuid4().hex[:16]}.{uuid.uuid4().hex}", age_s=7200)
+    monkeypatch.setenv("KJ_STAGING_MAX_AGE_S", "3600")
+    reset_caches()
+    try:
+        with TestClient(create_app()) as http:
+            assert http.get("/healthz").status_code == 200
+    finally:
+        monkeypatch.undo()
+        reset_caches()
+    assert not killed.exists()
+    assert receiving.exists() and fresh.exists() and job.exists()
+    for folder in (receiving, fresh, job):
+        _remove(folder)
+
+
+def _remove(folder: Any) -> None:
+    import shutil
+
+    shutil.rmtree(folder)

@@ -1,0 +1,178 @@
+"""The dashboard and /docs in a real headless Chromium (Selenium, Debian's chromium and
+chromium-driver), against the app under a real server and a real worker.
+
+Chromium resolves no host name but 127.0.0.1 (`--host-resolver-rules`) and uses no proxy, so
+a page that needed a CDN would fail here; the performance log lists every request the pages
+made, and all of them must have gone to the app."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import ROOT, SEED_SPEC, live_server, two_classes, upload
+
+SCREENSHOT = ROOT / "docs" / "screenshots" / "dashboard-job.png"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--no-proxy-server", "--window-size=1280,1000",
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium chromium-driver; "
+                    ".ci/run installs it)")
+    webdriver = pytest.importorskip("selenium.webdriver",
+                                    reason="selenium is not installed (the test extra)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=driver_path,
+                                      log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def requested_urls(driver: Any) -> list[str]:
+    """Every URL the pages asked for since the last call (the performance log drains)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def full_page_png(driver: Any) -> bytes:
+    """The whole page, not only the window's height (DevTools' captureBeyondViewport)."""
+    import base64
+
+    width, height = driver.execute_script(
+        "return [document.documentElement.clientWidth, document.documentElement.scrollHeight]")
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
+    return base64.b64decode(shot["data"])
+
+
+def wait(driver: Any, condition: Any, timeout: float = 60) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+
+
+def attribute(selector: str, name: str) -> Any:
+    """A wait condition: the first match's attribute, None while nothing matches (read in one
+    script: the pages replace elements as events arrive)."""
+
+    def read(driver: Any) -> Any:
+        return driver.execute_script(
+            "const e = document.querySelector(arguments[0]);"
+            "return e === null ? null : e.getAttribute(arguments[1]);", selector, name)
+
+    return read
+
+
+def test_job_page_draws_live_curves_and_docs_work_offline(
+        browser: Any, worker: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    started = time.monotonic()
+    with live_server() as host, httpx.Client(base_url=f"http://{host}", timeout=30) as http:
+        base = f"http://{host}"
+        x, y = two_classes()
+        ds = upload(http, "two-classes", x=x, y=y)
+        spec = http.post("/v1/specs", json=SEED_SPEC).json()
+        r = http.post("/v1/jobs", json={
+            "type": "fit", "spec_id": spec["id"], "dataset_id": ds["id"], "x": "x", "y": "y",
+            "epochs": 5, "batch_size": 16, "validation_split": 0.3, "seed": 1,
+            "model_name": "ui-seed-linear"})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+
+        # The job page, opened while the job is queued or running: its curves grow from the
+        # event stream until there is one point per epoch, training and validation.
+        browser.get(f"{base}/ui/jobs/{job_id}")
+        first_status = wait(browser, attribute("#status .badge", "data-status"), 30)
+        assert wait(browser, lambda d: attribute('.chart[data-metric="loss"]', "data-points")(d)
+                    == "5")
+        assert attribute('.chart[data-metric="loss"]', "data-val-points")(browser) == "5"
+        assert attribute('.chart[data-metric="binary_accuracy"]', "data-points")(browser) == "5"
+        assert wait(browser, lambda d: attribute("#status .badge", "data-status")(d)
+                    == "succeeded")
+        # uPlot drew its canvas and legend; the decision-line image has loaded.
+        assert browser.find_elements(By.CSS_SELECTOR, '.chart[data-metric="loss"] canvas')
+        legend = browser.find_element(By.CSS_SELECTOR, '.chart[data-metric="loss"] .u-legend')
+        assert "training" in legend.text and "validation" in legend.text
+        wait(browser, lambda d: d.execute_script(
+            "const i = document.querySelector('#boundary img');"
+            "return i !== null && i.complete && i.naturalWidth > 0;"), 30)
+        shot = tmp_path / "dashboard-job.png"
+        shot.write_bytes(full_page_png(browser))
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, SCREENSHOT)
+
+        job_urls = requested_urls(browser)
+        if first_status in ("queued", "running"):  # it followed the live stream
+            assert f"{base}/v1/jobs/{job_id}/events" in job_urls
+
+        # The other pages list what the job made.
+        browser.get(f"{base}/ui")
+        assert wait(browser, attribute(f'tr[data-job-id="{job_id}"]', "data-status"),
+                    15) == "succeeded"
+        (tmp_path / "dashboard-jobs.png").write_bytes(full_page_png(browser))
+        browser.get(f"{base}/ui/models/ui-seed-linear")
+        wait(browser, attribute('#versions tr[data-version="1"]', "data-version"), 15)
+        browser.find_element(By.CSS_SELECTOR, "form.inline button[type=submit]").click()
+        wait(browser, lambda d: d.execute_script(  # its decision line over the chosen dataset
+            "const i = document.querySelector('#boundary img');"
+            "return i !== null && i.complete && i.naturalWidth > 0;"), 15)
+        (tmp_path / "dashboard-model.png").write_bytes(full_page_png(browser))
+        browser.get(f"{base}/ui/datasets")
+        assert wait(browser, attribute(f'tr[data-dataset="{ds["id"]}"] [data-array="x"]',
+                                       "data-array"), 15) == "x"
+        (tmp_path / "dashboard-datasets.png").write_bytes(full_page_png(browser))
+
+        # /docs: Swagger UI from the package lists the operations, with no internet.
+        browser.get(f"{base}/docs")
+        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) > 20, 30)
+        paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR,
+                                                       ".opblock-summary-path")}
+        assert "/v1/jobs/{job_id}/events" in {p.replace("\u200b", "") for p in paths}
+
+        urls = job_urls + requested_urls(browser)
+        assert any(u.endswith("/swagger-ui-bundle.js") for u in urls)
+        assert any(u.endswith("/openapi.json") for u in urls)
+        # Network requests only: chrome:// pages (the first new tab) are the browser's own.
+        outside = [u for u in urls if u.split(":")[0] in ("http", "https", "ws", "wss", "ftp")
+                   and not u.startswith(f"{base}/")]
+        assert outside == [], outside
+        severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert severe == [], severe
+
+        # And the cut-off is real: a CDN request fails in this browser.
+        failed = browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch('https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css')"
+            ".then(() => done(false), () => done(true));")
+        assert failed is True
+    assert time.monotonic() - started < 60
