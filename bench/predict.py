@@ -20,8 +20,8 @@ A measured run is lengthened (up to 6x --duration) when one request alone is so 
 --duration would not hold 3 rounds of every connection's request, and the server is left to
 finish what the warm-up run queued before it starts. Server CPU per request is the server's
 process tree's utime+stime (/proc) over the measured run divided by the completed requests;
-"mean batch" for keras-jobs is read from a `*batch_size*` histogram (`_sum`/`_count`) at
-GET /metrics when there is one. req/s and rows/s count 2xx answers only; after a run with
+"mean batch" for keras-jobs is read from the `keras_jobs_predict_batch_rows` histogram
+(`_sum`/`_count`) at GET /metrics. req/s and rows/s count 2xx answers only; after a run with
 non-2xx answers a short diagnostic run (whose client reads every answer) says which statuses
 and what the first one said. The load generator shares the machine with the server.
 
@@ -458,11 +458,12 @@ def diagnose_errors(server: Server, url: str, body: Body, conns: int,
     return f"(in a {max(1, args.warmup)} s diagnostic run: {codes}; first said: {detail!r})"
 
 
+BATCH_HISTOGRAM = "keras_jobs_predict_batch_rows"
 METRIC_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
 def batch_histogram(base: str) -> tuple[float, float] | None:
-    """(sum, count) over every series of a histogram whose name contains batch_size."""
+    """(sum, count) over every series of the batch-rows histogram."""
     import httpx
 
     try:
@@ -475,7 +476,7 @@ def batch_histogram(base: str) -> tuple[float, float] | None:
     found = False
     for line in r.text.splitlines():
         m = METRIC_LINE.match(line)
-        if not m or "batch_size" not in m.group(1):
+        if not m or not m.group(1).startswith(BATCH_HISTOGRAM):
             continue
         with contextlib.suppress(ValueError):
             if m.group(1).endswith("_sum"):
