@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from tests.helpers import reset_caches, start_worker, stop_process, stored_files, table_counts
+from tests.helpers import (
+    reset_caches,
+    start_worker,
+    stop_process,
+    stored_files,
+    table_counts,
+    temp_database,
+)
 
 PG_ADMIN_URL = os.environ.get("KJ_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -23,16 +28,8 @@ REDIS_URL = os.environ.get("KJ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
-    name = f"kj_test_{secrets.token_hex(4)}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temp_database(PG_ADMIN_URL, "kj_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
