@@ -16,7 +16,7 @@ import pytest
 
 from keras_jobs import Client, History, KerasJobsError
 from keras_jobs.events import Event
-from tests.helpers import SEED_SPEC, live_server, two_classes, upload, wait_for_job
+from tests.helpers import SEED_SPEC, live_server, tutorial_fit, two_classes, upload, wait_for_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("keras_first", "worker")]
 
@@ -67,12 +67,8 @@ def test_fit_gives_the_history_of_the_same_job_submitted_by_hand(client: Any,
     history = fitted.history
     dataset = upload(client, "nb-by-hand", x=fitted.x, y=fitted.y)
     spec = client.post("/v1/specs", json=SEED_SPEC).json()
-    r = client.post("/v1/jobs", json={
-        "type": "fit", "spec_id": spec["id"], "dataset_id": dataset["id"], "x": "x", "y": "y",
-        "epochs": 5, "batch_size": 16, "validation_split": 0.3, "seed": 1,
-        "model_name": "nb-by-hand"})
-    assert r.status_code == 202, r.text
-    by_hand = wait_for_job(client, r.json()["id"])
+    by_hand = wait_for_job(client, tutorial_fit(client, spec["id"], dataset["id"],
+                                                "nb-by-hand"))
     assert by_hand["status"] == "succeeded", by_hand
 
     assert set(history.history) == set(by_hand["history"]) == {

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ROOT, SEED_SPEC, live_server, two_classes, upload
+from tests.helpers import ROOT, SEED_SPEC, live_server, tutorial_fit, two_classes, upload
 
 SCREENSHOT = ROOT / "docs" / "screenshots" / "dashboard-job.png"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -102,12 +102,7 @@ def test_job_page_draws_live_curves_and_docs_work_offline(
         x, y = two_classes()
         ds = upload(http, "two-classes", x=x, y=y)
         spec = http.post("/v1/specs", json=SEED_SPEC).json()
-        r = http.post("/v1/jobs", json={
-            "type": "fit", "spec_id": spec["id"], "dataset_id": ds["id"], "x": "x", "y": "y",
-            "epochs": 5, "batch_size": 16, "validation_split": 0.3, "seed": 1,
-            "model_name": "ui-seed-linear"})
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
+        job_id = tutorial_fit(http, spec["id"], ds["id"], "ui-seed-linear")
 
         # The job page, opened while the job is queued or running: its curves grow from the
         # event stream until there is one point per epoch, training and validation.

@@ -16,7 +16,7 @@ import pytest
 from app.plots.render import CLASS_COLOURS, REGION_COLOURS, TRAIN_COLOUR, VAL_COLOUR, AxesBox
 from app.plots.router import negotiate
 from app.plots.service import Format, pick_metrics
-from tests.helpers import SEED_SPEC, assert_problem, two_classes, upload, wait_for_job
+from tests.helpers import SEED_SPEC, assert_problem, tutorial_fit, two_classes, upload, wait_for_job
 
 CHROME_IMG_ACCEPT = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
 
@@ -69,12 +69,7 @@ def tutorial(client: Any, worker: Any) -> dict[str, Any]:
     x, y = two_classes()
     ds = upload(client, "ui-two-classes", x=x, y=y)
     spec = client.post("/v1/specs", json={**SEED_SPEC, "name": "ui-plots-linear"}).json()
-    r = client.post("/v1/jobs", json={
-        "type": "fit", "spec_id": spec["id"], "dataset_id": ds["id"], "x": "x", "y": "y",
-        "epochs": 5, "batch_size": 16, "validation_split": 0.3, "seed": 1,
-        "model_name": "ui-plots-linear"})
-    assert r.status_code == 202, r.text
-    job = wait_for_job(client, r.json()["id"])
+    job = wait_for_job(client, tutorial_fit(client, spec["id"], ds["id"], "ui-plots-linear"))
     assert job["status"] == "succeeded", job
     return {"job": job, "dataset": ds, "x": x, "y": y}
 
