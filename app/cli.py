@@ -62,6 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # /metrics in any API process adds them up.
     metrics_dir = use_fresh_dir(settings.home, "serve")
     upgrade(settings.resolved_database_url)
+    refusal = _auth_at_start(args.host)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return 2
     workers = max(1, min(args.workers, os.cpu_count() or 1))
     if workers != args.workers:
         log.warning("--workers %d: this machine has %d cores; running %d API processes",
@@ -76,6 +80,74 @@ def cmd_serve(args: argparse.Namespace) -> int:
             stop_worker(worker)
         remove_dir(metrics_dir)
     return 0
+
+
+def _auth_at_start(host: str) -> str | None:
+    """Why serving on `host` is refused, or None after saying how requests are let in. The
+    API processes learn the address from KJ_BIND_HOST (KJ_AUTH=auto is open only on loopback)."""
+    from app.auth.access import is_loopback, refuses_to_start
+    from app.auth.keys import KEYS
+
+    KEYS.load()
+    refusal = refuses_to_start(host, KEYS.any_key)
+    if refusal is not None:
+        return refusal
+    os.environ["KJ_BIND_HOST"] = host
+    get_settings.cache_clear()
+    mode = get_settings().auth
+    if mode == "off":
+        log.warning("authentication is off (KJ_AUTH=off): every request is served, as tenant "
+                    "'local'")
+    elif mode == "auto" and is_loopback(host) and not KEYS.any_key:
+        log.info("authentication: open on %s while no API key exists (KJ_AUTH=auto); the first "
+                 "`keras-jobs keys create` turns keys on", host)
+    else:
+        log.info("authentication: API keys required (KJ_AUTH=%s)", mode)
+    return None
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys, made on the server's own database (the first admin key comes from here)."""
+    from app.auth import audit, keys
+    from app.core.db import session_scope
+    from app.core.errors import DomainError
+    from app.core.migrate import upgrade
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    upgrade(settings.resolved_database_url)
+    try:
+        with session_scope() as s:
+            if args.keys_command == "create":
+                row, raw = keys.create(s, tenant=args.tenant, name=args.name,
+                                       scopes=[x.strip() for x in args.scopes.split(",") if x],
+                                       expires_in_days=args.expires_in_days, created_by="cli")
+                audit.record(s, tenant=row.tenant, actor="cli", action="key.create",
+                             target=f"key/{row.name}", scopes=row.scopes)
+                expires = row.expires_at.isoformat() if row.expires_at else "never"
+                print(f"created key '{row.name}' for tenant '{row.tenant}' (scopes "
+                      f"{','.join(row.scopes)}; expires {expires}); it is shown only now:")
+                print(raw)
+            elif args.keys_command == "list":
+                print(f"{'NAME':<24} {'TENANT':<16} {'SCOPES':<28} {'EXPIRES':<26} "
+                      f"{'REVOKED':<26} LAST USED")
+                for k in keys.list_(s, args.tenant):
+                    print(f"{k.name:<24} {k.tenant:<16} {','.join(k.scopes):<28} "
+                          f"{_when(k.expires_at):<26} {_when(k.revoked_at):<26} "
+                          f"{_when(k.last_used_at)}")
+            else:
+                row = keys.revoke(s, args.name)
+                audit.record(s, tenant=row.tenant, actor="cli", action="key.revoke",
+                             target=f"key/{row.name}")
+                print(f"revoked key '{row.name}' (tenant '{row.tenant}')")
+    except DomainError as exc:
+        print(f"keras-jobs keys: {exc}", file=sys.stderr)
+        return 2 if exc.status == 422 else 1
+    return 0
+
+
+def _when(value: object) -> str:
+    return "-" if value is None else str(getattr(value, "isoformat", lambda: value)())
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -162,6 +234,20 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("--host", default="127.0.0.1")
     board.add_argument("--port", type=int, default=6006)
     board.set_defaults(func=cmd_tensorboard)
+    keys_ = sub.add_parser("keys", help="API keys: create, list, revoke (on the server's "
+                           "database)")
+    keys_sub = keys_.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a key; its last line is the key")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", default="read,write,predict",
+                        help="comma-separated: read, write, predict, admin")
+    create.add_argument("--expires-in-days", type=float, default=None)
+    listing = keys_sub.add_parser("list", help="every key (never the key itself)")
+    listing.add_argument("--tenant", default=None)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
+    revoke.add_argument("name")
+    keys_.set_defaults(func=cmd_keys)
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest")
     migrate.set_defaults(func=cmd_migrate)
     from keras_jobs.cli import add_commands  # the client's: specs, datasets, jobs, models

@@ -15,6 +15,8 @@ from sqlalchemy import text
 
 from app import __version__
 from app.api import problems
+from app.api.admin import router as admin_router
+from app.api.auth import Authenticate, document_security
 from app.api.json_depth import JsonDepthLimit
 from app.api.metrics import router as metrics_router
 from app.api.request_id import RequestId
@@ -69,9 +71,10 @@ def create_app() -> FastAPI:
     # Added first, so it sits inside PredictFastPath: predict requests never pass through it.
     app.add_middleware(JsonDepthLimit)
     app.add_middleware(PredictFastPath)
+    app.add_middleware(Authenticate)  # before the fast path: predict is checked the same way
     app.add_middleware(RequestId)  # outermost: every request, predict included, gets an id
     for router in (specs_router, datasets_router, jobs_router, models_router, predict_router,
-                   plots_router, ui_router, metrics_router):
+                   plots_router, ui_router, metrics_router, admin_router):
         app.include_router(router)
     _document_problems(app)
 
@@ -110,7 +113,8 @@ def _document_problems(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = problems.add_problem_schemas(FastAPI.openapi(app))
+            app.openapi_schema = document_security(
+                problems.add_problem_schemas(FastAPI.openapi(app)))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -3,6 +3,7 @@ a KerasJobsError, and a streamed multipart upload that reports its progress."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ class Transport:
 
         self.url = url.rstrip("/")
         headers = {"User-Agent": f"keras-jobs-client/{__version__}"}
+        api_key = api_key or os.environ.get("KJ_API_KEY")  # as the CLI's --api-key
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.http = http or httpx.Client(base_url=self.url, headers=headers, timeout=timeout)

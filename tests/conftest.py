@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import (
+    make_key,
     reset_caches,
     start_worker,
     stop_process,
@@ -46,6 +47,11 @@ def service_env(pg_database: str,
         "KJ_CANCEL_POLL_S": "0.2",
         "KJ_SWEEP_S": "1",
         "KJ_LOG_LEVEL": "INFO",
+        # Every request of the suite carries a key (the `client` fixture makes it); the rate
+        # limits are tested on their own (tests/api/test_auth_limits.py).
+        "KJ_AUTH": "required",
+        "KJ_RATE_LIMIT_WRITES_PER_MIN": "0",
+        "KJ_RATE_LIMIT_PREDICT_PER_MIN": "0",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -66,7 +72,13 @@ def client(service_env: dict[str, str]) -> Iterator[Any]:
     from app.main import create_app
 
     with TestClient(create_app()) as c:  # lifespan runs the migrations
+        # An admin key of the "local" tenant for every request of the suite; live servers and
+        # the notebook client find it in KJ_API_KEY.
+        key = make_key("local", "suite-admin", ["admin"])
+        c.headers["Authorization"] = f"Bearer {key}"
+        os.environ["KJ_API_KEY"] = key
         yield c
+        os.environ.pop("KJ_API_KEY", None)
 
 
 @pytest.fixture(scope="session")

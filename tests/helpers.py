@@ -291,3 +291,21 @@ def child_pids(pid: int) -> list[int]:
 
 def parent_pid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def make_key(tenant: str, name: str, scopes: list[str],
+             expires_in_days: float | None = None) -> str:
+    """An API key made on the current database (as `keras-jobs keys create` does)."""
+    from app.auth import keys
+    from app.core.db import session_scope
+
+    with session_scope() as s:
+        _row, raw = keys.create(s, tenant=tenant, name=name, scopes=scopes,
+                                expires_in_days=expires_in_days, created_by="tests")
+    return raw
+
+
+def auth_headers() -> dict[str, str]:
+    """The suite's admin key (made by the `client` fixture), for clients of live servers."""
+    key = os.environ.get("KJ_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}

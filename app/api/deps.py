@@ -6,10 +6,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from app.api.schemas import Page
+from app.auth import audit
+from app.auth.access import ALL_SCOPES, LOCAL_TENANT
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.storage import ArtifactStore, get_store
@@ -17,15 +19,37 @@ from app.core.storage import ArtifactStore, get_store
 
 @dataclass(frozen=True)
 class Caller:
+    """Who is calling: the tenant whose rows they see, and the key they used (none while the
+    service runs open)."""
+
     owner: str
+    key_id: str | None = None
+    key_name: str | None = None
+    scopes: frozenset[str] = ALL_SCOPES
+
+    @property
+    def actor(self) -> str:
+        return self.key_name or LOCAL_TENANT
+
+    def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
+        audit.record(session, tenant=self.owner, actor=self.actor, action=action, target=target,
+                     **detail)
 
 
-LOCAL_OWNER = "local"
+LOCAL_OWNER = LOCAL_TENANT
+OPEN_CALLER = Caller(owner=LOCAL_TENANT)
+# Where the request's Caller is kept in the ASGI scope's state.
+CALLER_STATE = "kj_caller"
 
 
-async def get_caller() -> Caller:  # async: a sync dependency costs a thread-pool hop
-    # One local owner until authentication lands; every route and row goes through this.
-    return Caller(owner=LOCAL_OWNER)
+async def get_caller(request: Request) -> Caller:
+    """The caller app.api.auth.Authenticate found for this request (it runs before routing, so
+    a request without a valid key is refused before its body is read)."""
+    caller: Caller | None = request.scope.get("state", {}).get(CALLER_STATE)
+    if caller is None:  # a public route asking for a caller: a programming error
+        raise RuntimeError(f"{request.url.path} is public (app.api.auth.PUBLIC) but asks for "
+                           "a caller")
+    return caller
 
 
 def get_session() -> Iterator[Session]:

@@ -52,11 +52,14 @@ class Problem(BaseModel):
 # What each status means in this API, for the OpenAPI document.
 PROBLEM_DESCRIPTIONS = {
     400: "Malformed request (unparsable or too deeply nested body, bad header)",
+    401: "No API key, or a wrong, revoked or expired one (WWW-Authenticate: Bearer)",
+    403: "The API key lacks the scope this route needs",
     404: "No such resource",
     409: "Conflict with the current state (in use, Idempotency-Key reused or in progress)",
     413: "Body too large",
     415: "Unsupported content type",
     422: "The request is well-formed but its content cannot be used",
+    429: "A rate limit or a job quota was reached; see Retry-After",
     503: "A dependency is unavailable or overloaded (database, broker, model); see Retry-After",
 }
 

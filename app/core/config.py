@@ -90,6 +90,34 @@ class Settings(BaseSettings):
     # 0: off. `--metrics-port` sets it too.
     worker_metrics_port: int = Field(0, ge=0, le=65535)
 
+    # --- authentication, tenants, quotas and limits (SECURITY.md) ---
+    # "auto": open (one tenant, "local") only while the service is bound to a loopback address
+    # and no API key was ever created; keys are required otherwise. "required": always.
+    # "off": never (refused at start-up on a non-loopback address).
+    auth: Literal["auto", "required", "off"] = "auto"
+    # The address `keras-jobs serve` bound to (it sets this for its API processes). Unset, "auto"
+    # looks at the local address each connection arrived on instead.
+    bind_host: str = ""
+    # Keys are stored as HMAC-SHA256(pepper, key): with a pepper set here (and not in the
+    # database), a database dump alone cannot even confirm a guessed key.
+    key_pepper: str = ""
+    # Per-tenant quotas (an admin overrides them per tenant: PUT /v1/tenants/{tenant}/quotas).
+    # Largest upload is max_upload_bytes above.
+    quota_running_jobs: int = Field(4, ge=0)
+    quota_queued_jobs: int = Field(100, ge=0)
+    quota_stored_bytes: int = Field(100 * 1024**3, ge=0)
+    # Per request: largest JSON body of any other route (uploads and predict have their own).
+    max_json_body_bytes: int = Field(8 * 1024**2, ge=1024)
+    # A fit job's epochs x training rows (a bound on the GPU time one request can ask for).
+    max_fit_epoch_rows: int = Field(10**10, ge=1)
+    # Rows of one predict request (a larger one is a 413: use a batch prediction job).
+    max_predict_rows: int = Field(65_536, ge=1)
+    # Requests per key per minute on predict routes and on writes (POST/PUT/PATCH/DELETE),
+    # counted in Redis when it is the broker (shared by every API process), else per process.
+    # 0: no limit.
+    rate_limit_predict_per_min: int = Field(120_000, ge=0)
+    rate_limit_writes_per_min: int = Field(600, ge=0)
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

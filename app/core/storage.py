@@ -64,20 +64,23 @@ class ArtifactStore:
         os.replace(staging, target)
         return target
 
-    # The registry's generation: a file replaced (new inode) whenever a version or a label
-    # changes, so every API process sharing the store sees the change with one stat() per
-    # request instead of a database query.
+    # A generation: a file replaced (new inode) whenever what it names changes ("registry":
+    # a version or a label; "keys": an API key), so every API process sharing the store sees
+    # the change with one stat() per request instead of a database query.
     GENERATION_FILE = "registry.generation"
 
-    def bump_generation(self) -> None:
+    def _generation_path(self, name: str) -> Path:
+        return self.root / (self.GENERATION_FILE if name == "registry" else f"{name}.generation")
+
+    def bump_generation(self, name: str = "registry") -> None:
         tmp = self.root / "tmp" / f".generation-{uuid.uuid4().hex}"
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(uuid.uuid4().hex)
-        os.replace(tmp, self.root / self.GENERATION_FILE)
+        os.replace(tmp, self._generation_path(name))
 
-    def generation(self) -> tuple[int, int]:
+    def generation(self, name: str = "registry") -> tuple[int, int]:
         try:
-            st = os.stat(self.root / self.GENERATION_FILE)
+            st = os.stat(self._generation_path(name))
         except FileNotFoundError:
             return (0, 0)
         return (st.st_ino, st.st_mtime_ns)

@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import problems
-from app.api.deps import CallerDep, SessionDep, get_caller
+from app.api.deps import CALLER_STATE, Caller, CallerDep, SessionDep
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.errors import DomainError, bad_request
@@ -431,7 +431,7 @@ class PredictFastPath:
         handler, ref = route
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            caller = await get_caller()
+            caller: Caller = scope["state"][CALLER_STATE]  # app.api.auth.Authenticate's
             response = await handler(_receive_body(receive), headers,
                                      dataclasses.replace(ref, owner=caller.owner))
         except DomainError as exc:

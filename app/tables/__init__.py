@@ -1,3 +1,5 @@
+from app.tables.api_key import ApiKey
+from app.tables.audit_event import AuditEvent
 from app.tables.base import Base
 from app.tables.dataset import Dataset
 from app.tables.idempotency import IdempotencyRecord
@@ -8,6 +10,8 @@ from app.tables.model_label import ModelLabel
 from app.tables.model_serving import ModelServing
 from app.tables.model_version import ModelVersion
 from app.tables.spec import Spec
+from app.tables.tenant_quota import TenantQuota
 
-__all__ = ["Base", "Dataset", "IdempotencyRecord", "Job", "JobAttempt", "JobEpoch", "JobEvent",
-           "JobStatus", "JobType", "ModelLabel", "ModelServing", "ModelVersion", "Spec"]
+__all__ = ["ApiKey", "AuditEvent", "Base", "Dataset", "IdempotencyRecord", "Job", "JobAttempt",
+           "JobEpoch", "JobEvent", "JobStatus", "JobType", "ModelLabel", "ModelServing",
+           "ModelVersion", "Spec", "TenantQuota"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.tables.base import Base, new_id, utcnow
@@ -23,4 +23,6 @@ class ModelVersion(Base):
     spec_id: Mapped[str | None] = mapped_column(ForeignKey("specs.id"), default=None)
     artifact_key: Mapped[str] = mapped_column(String(300))
     metrics: Mapped[dict[str, Any]]
+    # The artifact's bytes on disk, counted against the tenant's stored-bytes quota.
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("app", "worker")
-DOMAINS = ("specs", "datasets", "registry", "predict", "jobs", "training", "plots", "ui")
+DOMAINS = ("specs", "datasets", "registry", "predict", "jobs", "training", "plots", "ui",
+           "auth")
 
 
 def module_name(path: Path) -> str:

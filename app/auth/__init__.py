@@ -1,0 +1,1 @@
+"""Who is calling: API keys, tenants' quotas, rate limits and the audit log."""

@@ -1,0 +1,198 @@
+"""API keys: made, listed, revoked, and checked against a request's `Authorization` header.
+
+A key is `kj_<id>_<secret>`: `id` (48 bits, public) finds the row, `secret` (256 bits) proves
+it. Only HMAC-SHA256(pepper, key) is stored. A fast keyed hash is enough here: a slow one
+(bcrypt, argon2) protects guessable passwords, and a 256-bit random secret cannot be guessed,
+while a slow hash would cost every request milliseconds."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.core.config import get_settings
+from app.core.db import on_commit, session_scope
+from app.core.errors import DomainError, FieldError, conflict, invalid, not_found
+from app.core.storage import get_store
+from app.tables import ApiKey
+from app.tables.base import utcnow
+
+SCOPES = ("read", "write", "predict", "admin")
+KEY_PATTERN = re.compile(r"kj_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# Every process re-reads the keys when the store's "keys" generation changes (a key made or
+# revoked through this service), and at least this often (a key made on a host that does not
+# share the artifact store).
+RELOAD_S = 30.0
+# last_used_at is written at most this often per key per process (not a write per request).
+TOUCH_S = 60.0
+GENERATION = "keys"
+
+
+def _pepper() -> bytes:
+    return (get_settings().key_pepper or "keras-jobs api key v1").encode()
+
+
+def key_hash(raw: str) -> str:
+    return hmac.new(_pepper(), raw.encode(), hashlib.sha256).hexdigest()
+
+
+def check_name(name: str, pointer: str = "/name") -> None:
+    if not NAME_PATTERN.fullmatch(name):
+        raise invalid("A key name is 1-100 letters, digits, '.', '_' or '-', starting with a "
+                      "letter or digit.", [FieldError(pointer, f"'{name[:120]}' is not one")])
+
+
+def check_tenant(tenant: str, pointer: str = "/tenant") -> None:
+    if not TENANT_PATTERN.fullmatch(tenant):
+        raise invalid("A tenant is 1-63 lower-case letters, digits, '_' or '-', starting with "
+                      "a letter or digit.", [FieldError(pointer, f"'{tenant[:120]}' is not one")])
+
+
+def check_scopes(scopes: list[str], pointer: str = "/scopes") -> list[str]:
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        raise invalid(f"Scopes are one or more of {', '.join(SCOPES)}.",
+                      [FieldError(pointer, f"unknown: {', '.join(unknown)}" if unknown
+                                  else "at least one scope is needed")])
+    return [s for s in SCOPES if s in scopes]  # canonical order, no duplicates
+
+
+def create(session: Session, *, tenant: str, name: str, scopes: list[str],
+           expires_in_days: float | None, created_by: str) -> tuple[ApiKey, str]:
+    """A new key (row added to `session`) and the key itself, which is never stored."""
+    check_tenant(tenant)
+    check_name(name)
+    scopes = check_scopes(scopes)
+    if expires_in_days is not None and not 0 < expires_in_days <= 36500:
+        raise invalid("A key expires 0 to 36,500 days from now.",
+                      [FieldError("/expires_in_days", f"{expires_in_days} is not in (0, 36500]")])
+    if session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
+        raise conflict(f"A key named '{name}' exists already; key names are unique (revoked "
+                       "keys keep theirs).")
+    key_id = secrets.token_hex(6)
+    raw = f"kj_{key_id}_{secrets.token_urlsafe(32)}"
+    expires = None if expires_in_days is None else utcnow() + timedelta(days=expires_in_days)
+    row = ApiKey(id=key_id, name=name, tenant=tenant, scopes=scopes, hash=key_hash(raw),
+                 expires_at=expires, created_by=created_by)
+    session.add(row)
+    session.flush()
+    on_commit(session, _changed)
+    return row, raw
+
+
+def list_(session: Session, tenant: str | None = None) -> list[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.name)
+    if tenant is not None:
+        query = query.where(ApiKey.tenant == tenant)
+    return list(session.scalars(query))
+
+
+def revoke(session: Session, name: str) -> ApiKey:
+    row = session.scalars(select(ApiKey).where(ApiKey.name == name)).first()
+    if row is None:
+        raise not_found("API key", name)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        on_commit(session, _changed)
+    return row
+
+
+def _changed() -> None:
+    get_store().bump_generation(GENERATION)
+    KEYS.invalidate()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    name: str
+    tenant: str
+    scopes: frozenset[str]
+    hash: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+def unauthorized(detail: str, error: str | None = "invalid_token") -> DomainError:
+    challenge = "Bearer" if error is None else f'Bearer error="{error}"'
+    return DomainError(401, "Unauthorized", detail, type="/problems/unauthorized",
+                       headers={"WWW-Authenticate": challenge})
+
+
+class KeyTable:
+    """Every key, in memory: a request is checked with no database query. Reloaded when the
+    store's "keys" generation changes or RELOAD_S has passed (`stale()` says when; `load()`
+    queries, so async callers run it on a thread)."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, KeyInfo] = {}
+        self._any = False
+        self._generation: tuple[int, int] | None = None
+        self._loaded_at = 0.0
+        self._touched: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        self._generation = None
+
+    def stale(self) -> bool:
+        return (self._generation != get_store().generation(GENERATION)
+                or time.monotonic() - self._loaded_at > RELOAD_S)
+
+    def load(self) -> None:
+        generation = get_store().generation(GENERATION)
+        with session_scope() as s:
+            rows = list(s.scalars(select(ApiKey)))
+        keys = {r.id: KeyInfo(r.id, r.name, r.tenant, frozenset(r.scopes), r.hash,
+                              r.expires_at, r.revoked_at) for r in rows}
+        with self._lock:
+            self._keys, self._any = keys, bool(rows)
+            self._generation, self._loaded_at = generation, time.monotonic()
+
+    @property
+    def any_key(self) -> bool:
+        """Whether a key was ever made (revoked ones count: revoking every key does not open
+        the service again)."""
+        return self._any
+
+    def check(self, raw: str) -> KeyInfo:
+        """The key `raw` names, if it is known, not revoked and not expired; else a 401."""
+        match = KEY_PATTERN.fullmatch(raw)
+        info = self._keys.get(match[1]) if match else None
+        if info is None or not hmac.compare_digest(info.hash, key_hash(raw)):
+            raise unauthorized("The API key is not valid. Send `Authorization: Bearer <key>` "
+                               "with a key made by `keras-jobs keys create` or POST /v1/keys.")
+        if info.revoked_at is not None:
+            raise unauthorized(f"The API key '{info.name}' was revoked; ask an admin for a "
+                               "new one.")
+        if info.expires_at is not None and info.expires_at <= utcnow():
+            raise unauthorized(f"The API key '{info.name}' expired at "
+                               f"{info.expires_at.isoformat()}; ask an admin for a new one.")
+        return info
+
+    def due_touch(self, key_id: str) -> bool:
+        """Whether this process should record the key's use now (at most once a TOUCH_S)."""
+        now = time.monotonic()
+        if now - self._touched.get(key_id, -TOUCH_S) < TOUCH_S:
+            return False
+        self._touched[key_id] = now
+        return True
+
+
+def touch(key_id: str) -> None:
+    with session_scope() as s:
+        s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+
+
+KEYS = KeyTable()

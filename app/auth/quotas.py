@@ -1,0 +1,113 @@
+"""Per-tenant quotas: running and queued jobs, stored bytes, largest upload. Defaults come from
+settings (KJ_QUOTA_*, KJ_MAX_UPLOAD_BYTES); an admin overrides them per tenant."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.core.config import get_settings
+from app.core.db import upsert
+from app.core.errors import DomainError
+from app.tables import Dataset, Job, JobStatus, ModelVersion, TenantQuota
+from app.tables.base import utcnow
+
+# How long a client refused for too many jobs waits before trying again.
+JOBS_RETRY_AFTER_S = 30
+
+
+@dataclass(frozen=True)
+class Quota:
+    max_running_jobs: int
+    max_queued_jobs: int
+    max_stored_bytes: int
+    max_upload_bytes: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+FIELDS = ("max_running_jobs", "max_queued_jobs", "max_stored_bytes", "max_upload_bytes")
+
+
+def defaults() -> Quota:
+    s = get_settings()
+    return Quota(s.quota_running_jobs, s.quota_queued_jobs, s.quota_stored_bytes,
+                 s.max_upload_bytes)
+
+
+def overrides(session: Session, tenant: str) -> dict[str, int | None]:
+    row = session.get(TenantQuota, tenant)
+    return {f: (getattr(row, f) if row is not None else None) for f in FIELDS}
+
+
+def quota(session: Session, tenant: str) -> Quota:
+    base = defaults().as_dict()
+    own = overrides(session, tenant)
+    merged: dict[str, int] = {f: base[f] if own[f] is None else int(own[f] or 0) for f in FIELDS}
+    return Quota(**merged)
+
+
+def set_overrides(session: Session, tenant: str, values: dict[str, int | None]) -> None:
+    upsert(session, TenantQuota, {"tenant": tenant, **{f: values.get(f) for f in FIELDS},
+                                  "updated_at": utcnow()}, ["tenant"])
+
+
+def usage(session: Session, tenant: str) -> dict[str, int]:
+    counts = dict(session.execute(
+        select(Job.status, func.count()).where(
+            Job.owner == tenant, Job.status.in_([JobStatus.queued, JobStatus.running]))
+        .group_by(Job.status)).tuples().all())
+    return {"running_jobs": counts.get(JobStatus.running, 0),
+            "queued_jobs": counts.get(JobStatus.queued, 0),
+            "stored_bytes": stored_bytes(session, tenant)}
+
+
+def stored_bytes(session: Session, tenant: str) -> int:
+    datasets = session.scalar(select(func.coalesce(func.sum(Dataset.size_bytes), 0))
+                              .where(Dataset.owner == tenant)) or 0
+    models = session.scalar(select(func.coalesce(func.sum(ModelVersion.size_bytes), 0))
+                            .where(ModelVersion.owner == tenant)) or 0
+    return int(datasets) + int(models)
+
+
+def check_queued(session: Session, tenant: str) -> None:
+    """Before a job is queued: 429 with Retry-After when the tenant has its limit queued."""
+    limit = quota(session, tenant).max_queued_jobs
+    queued = session.scalar(select(func.count()).select_from(Job).where(
+        Job.owner == tenant, Job.status == JobStatus.queued)) or 0
+    if queued >= limit:
+        raise DomainError(429, "Too many queued jobs",
+                          f"Tenant '{tenant}' has {queued} queued jobs (limit {limit}); wait "
+                          "for some to start, cancel some, or ask an admin to raise "
+                          "max_queued_jobs.", type="/problems/quota",
+                          extra={"limit": limit, "current": queued},
+                          headers={"Retry-After": str(JOBS_RETRY_AFTER_S)})
+
+
+def check_stored(session: Session, tenant: str, adding: int) -> None:
+    """Before `adding` bytes are kept: 413 past the tenant's stored bytes."""
+    limit = quota(session, tenant).max_stored_bytes
+    stored = stored_bytes(session, tenant)
+    if stored + adding > limit:
+        raise DomainError(413, "Storage quota exceeded",
+                          f"Tenant '{tenant}' stores {stored} bytes; {adding} more would pass "
+                          f"its limit of {limit} bytes. Delete datasets you no longer need, or "
+                          "ask an admin to raise max_stored_bytes.", type="/problems/quota",
+                          extra={"limit": limit, "current": stored, "requested": adding})
+
+
+def upload_limit(session: Session, tenant: str) -> int:
+    return quota(session, tenant).max_upload_bytes
+
+
+def running_limit(session: Session, tenant: str) -> int:
+    return quota(session, tenant).max_running_jobs
+
+
+def describe(session: Session, tenant: str) -> dict[str, Any]:
+    return {"tenant": tenant, "quota": quota(session, tenant).as_dict(),
+            "overrides": overrides(session, tenant), "usage": usage(session, tenant)}
