@@ -1,4 +1,5 @@
-"""Refuse JSON request bodies nested too deep, before FastAPI parses them.
+"""Refuse request bodies that are too large (413, past KJ_MAX_JSON_BODY_BYTES) or JSON nested
+too deep (400), before FastAPI reads them.
 
 FastAPI reads a JSON body with `json.loads` in its route handler (fastapi/routing.py), before
 any dependency runs, and the recursive code behind it fails near 1,000 levels: `json.loads`
@@ -10,7 +11,9 @@ than MAX_DEPTH with a 400 problem naming where; other bodies are handed on uncha
 Predict and the Open Inference Protocol routes are passed through untouched: they are the hot
 path, read their bodies themselves, and parse them with their own bounded parser
 (app/predict/codec.py parse_json). So are requests whose body FastAPI would not parse as JSON
-(multipart uploads, no content type).
+(no content type) are only counted. Uploads (multipart, bounded by the tenant's largest
+upload as they are written to disk) and predict (KJ_PREDICT_MAX_BODY_BYTES) have limits of
+their own.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import problem
+from app.core.config import get_settings
 from app.core.json_limits import MAX_DEPTH, too_deep
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -48,12 +52,19 @@ class JsonDepthLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["method"] not in BODY_METHODS
-                or _has_own_parser(scope["path"]) or not _is_json(scope)):
+                or _has_own_parser(scope["path"]) or _is_upload(scope["path"])):
             await self.app(scope, receive, send)
             return
-        messages = await _read_body(receive)
+        limit = get_settings().max_json_body_bytes
+        messages = None if _declared(scope) > limit else await _read_body(receive, limit)
+        if messages is None:
+            response = problem(413, "Request body too large", f"A request body here may hold "
+                               f"at most {limit} bytes (KJ_MAX_JSON_BODY_BYTES).", scope["path"],
+                               type_="/problems/too-large", extra={"limit": limit})
+            await response(scope, receive, send)
+            return
         body = b"".join(m.get("body", b"") for m in messages)
-        where = too_deep(body, self.max_depth)
+        where = too_deep(body, self.max_depth) if _is_json(scope) else None
         if where is not None:
             response = problem(
                 400, "Body nested too deep", f"The JSON body is nested more than "
@@ -66,11 +77,28 @@ class JsonDepthLimit:
         await self.app(scope, _replay(messages, receive), send)
 
 
-async def _read_body(receive: Receive) -> list[Message]:
-    """The request's messages up to its last body chunk (or a disconnect)."""
+def _is_upload(path: str) -> bool:
+    return path == "/v1/datasets" or (path.startswith("/v1/models/")
+                                      and path.endswith("/versions"))
+
+
+def _declared(scope: Scope) -> int:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+async def _read_body(receive: Receive, limit: int) -> list[Message] | None:
+    """The request's messages up to its last body chunk (or a disconnect); None as soon as the
+    body passes `limit` bytes (the rest is never read)."""
     messages: list[Message] = []
+    size = 0
     while True:
         message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            return None
         messages.append(message)
         if message["type"] != "http.request" or not message.get("more_body", False):
             return messages

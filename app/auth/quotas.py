@@ -88,16 +88,19 @@ def check_queued(session: Session, tenant: str) -> None:
                           headers={"Retry-After": str(JOBS_RETRY_AFTER_S)})
 
 
-def check_stored(session: Session, tenant: str, adding: int) -> None:
-    """Before `adding` bytes are kept: 413 past the tenant's stored bytes."""
+def check_stored(session: Session, tenant: str, added: int) -> None:
+    """After `added` bytes joined the tenant's rows in this transaction: 413 (and the caller's
+    transaction rolls back) when its stored bytes are now past its quota; with added=0, when it
+    is at or past it already (nothing more may be kept)."""
     limit = quota(session, tenant).max_stored_bytes
     stored = stored_bytes(session, tenant)
-    if stored + adding > limit:
+    if stored > limit or (added == 0 and stored >= limit):
         raise DomainError(413, "Storage quota exceeded",
-                          f"Tenant '{tenant}' stores {stored} bytes; {adding} more would pass "
-                          f"its limit of {limit} bytes. Delete datasets you no longer need, or "
-                          "ask an admin to raise max_stored_bytes.", type="/problems/quota",
-                          extra={"limit": limit, "current": stored, "requested": adding})
+                          f"Tenant '{tenant}' would store {stored} bytes (this request adds "
+                          f"{added}), past its limit of {limit} bytes. Delete datasets you no "
+                          "longer need, or ask an admin to raise max_stored_bytes.",
+                          type="/problems/quota",
+                          extra={"limit": limit, "current": stored - added, "requested": added})
 
 
 def upload_limit(session: Session, tenant: str) -> int:

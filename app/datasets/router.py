@@ -9,6 +9,7 @@ from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotency import IdempotencyKeyDep
 from app.api.multipart import openapi_body, receive_file
 from app.api.schemas import Page
+from app.auth import quotas
 from app.datasets import service
 from app.datasets.schemas import DatasetRead
 
@@ -26,14 +27,17 @@ async def upload_dataset(
     """Upload a `.npz` (named arrays), a `.npy` (one array, named `x`) or a CSV with a header
     row (one array per column), multipart field `file`, optional field `name`. The body is
     written to the artifact store as it arrives."""
+    limit = await run_in_threadpool(quotas.upload_limit, session, caller.owner)
     with store.staging() as staging:
-        received, fields = await receive_file(request, staging / "upload.bin",
-                                              settings.max_upload_bytes)
+        received, fields = await receive_file(request, staging / "upload.bin", limit)
 
         def create() -> DatasetRead:
             dataset = service.create(session, store, caller.owner, staging, received,
-                                     fields.get("name"), settings.max_upload_bytes,
-                                     settings.max_csv_columns)
+                                     fields.get("name"), limit, settings.max_csv_columns)
+            session.flush()
+            quotas.check_stored(session, caller.owner, dataset.size_bytes)
+            caller.audit(session, "dataset.create", f"dataset/{dataset.id}", name=dataset.name,
+                         size_bytes=dataset.size_bytes)
             response.headers["Location"] = f"/v1/datasets/{dataset.id}"
             return DatasetRead.model_validate(dataset)
 
@@ -59,3 +63,4 @@ def get_dataset(caller: CallerDep, session: SessionDep, dataset_id: str) -> Data
 def delete_dataset(caller: CallerDep, session: SessionDep, store: StoreDep,
                    dataset_id: str) -> None:
     service.delete(session, store, caller.owner, dataset_id)
+    caller.audit(session, "dataset.delete", f"dataset/{dataset_id}")

@@ -10,6 +10,7 @@ from app.api import idempotency, problems
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotency import IdempotentJsonDep
 from app.api.schemas import Page
+from app.auth import quotas
 from app.core.db import session_scope
 from app.jobs import events, service
 from app.jobs.logs import read_tail
@@ -24,7 +25,8 @@ FIT_EXAMPLE = {"type": "fit", "spec_id": "spec_...", "dataset_id": "ds_...", "x"
                "model_name": "seed-linear"}
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead,
+             responses=problems.responses(413))
 def create_job(caller: CallerDep, session: SessionDep, response: Response,
                body: Annotated[JobCreate, Body(examples=[FIT_EXAMPLE])],
                key: IdempotentJsonDep) -> JobRead | JSONResponse:
@@ -33,7 +35,10 @@ def create_job(caller: CallerDep, session: SessionDep, response: Response,
     once the broker is back). A replayed answer enqueues nothing."""
 
     def create() -> JobRead:
+        quotas.check_queued(session, caller.owner)
+        quotas.check_stored(session, caller.owner, 0)
         job = service.create(session, caller.owner, body)
+        caller.audit(session, "job.create", f"job/{job.id}", type=job.type.value)
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return service.read(session, job)
 
@@ -89,4 +94,6 @@ def job_logs(caller: CallerDep, session: SessionDep, store: StoreDep, settings: 
 @router.post("/{job_id}:cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead)
 def cancel_job(caller: CallerDep, session: SessionDep, job_id: str) -> JobRead:
     """Cancel a queued job (it never starts) or a running one (it stops at the next batch)."""
-    return service.read(session, service.cancel(session, caller.owner, job_id))
+    job = service.cancel(session, caller.owner, job_id)
+    caller.audit(session, "job.cancel", f"job/{job_id}")
+    return service.read(session, job)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.core.config import get_settings
 from app.core.db import get_owned, paginate
 from app.core.errors import DomainError, FieldError, invalid
 from app.core.json_limits import check_storable
@@ -93,6 +94,7 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset)
     if body.validation_split and body.validation_dataset_id:
         raise invalid("Give validation_split or validation_dataset_id, not both.",
                       [FieldError("/validation_dataset_id", "conflicts with validation_split")])
+    _check_work(body, dataset)
     if body.sample_weight is not None:
         _check_selector(dataset, body.sample_weight, "/sample_weight")
     if body.validation_dataset_id:
@@ -120,6 +122,19 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset)
     return Job(owner=owner, type=JobType.fit, params=params.model_dump(mode="json"),
                spec_id=spec_id,
                dataset_id=dataset.id, model_name=name, epochs=body.epochs)
+
+
+def _check_work(body: FitJobCreate, dataset: Dataset) -> None:
+    """Epochs x training rows: a bound on the accelerator time one request can ask for."""
+    limit = get_settings().max_fit_epoch_rows
+    work = (body.epochs - body.initial_epoch) * dataset.num_rows
+    if work > limit:
+        raise invalid(f"This fit job asks for {body.epochs - body.initial_epoch} epochs x "
+                      f"{dataset.num_rows} rows = {work} row-passes; the limit is {limit} "
+                      "(KJ_MAX_FIT_EPOCH_ROWS). Train fewer epochs, on fewer rows, or in "
+                      "several jobs (from_model continues a saved version).",
+                      [FieldError("/epochs", f"{work} epoch-rows > {limit}")],
+                      title="Job too large")
 
 
 def _check_inputs(inputs: Any, dataset: Dataset, selector: Any) -> None:

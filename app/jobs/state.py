@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from app.auth import quotas
 from app.core.broker import PRIORITY_FIRST, PRIORITY_NEW, PRIORITY_RESENT, enqueue_job
 from app.core.db import on_commit, session_scope, upsert
 from app.core.errors import conflict
@@ -48,6 +49,7 @@ def claim(job_id: str, worker: Worker) -> Job | None:
     in a live process (app.jobs.recovery decides when a running job's process is gone)."""
     now = utcnow()
     with session_scope() as s:
+        _check_running_quota(s, job_id)
         moved = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
                           .values(status=JobStatus.running, heartbeat_at=now,
                                   started_at=func.coalesce(Job.started_at, now),
@@ -61,6 +63,26 @@ def claim(job_id: str, worker: Worker) -> Job | None:
         events.record(s, job_id, "status", {"status": "running"})
         s.expunge(job)
         return job
+
+
+class TenantBusy(Exception):
+    """The job's tenant runs as many jobs as its quota allows: the job stays queued and its
+    message is tried again later (worker/tasks.py)."""
+
+
+def _check_running_quota(s: Session, job_id: str) -> None:
+    owner = s.scalar(select(Job.owner).where(Job.id == job_id, Job.status == JobStatus.queued))
+    if owner is None:
+        return
+    if s.get_bind().dialect.name == "postgresql":
+        # One claim per tenant at a time, so two workers cannot both take the last slot.
+        s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": f"kj-run:{owner}"})
+    limit = quotas.running_limit(s, owner)
+    running = s.scalar(select(func.count()).select_from(Job).where(
+        Job.owner == owner, Job.status == JobStatus.running)) or 0
+    if running >= limit:
+        raise TenantBusy(f"tenant '{owner}' runs {running} jobs (limit {limit}); job {job_id} "
+                         "waits")
 
 
 def _stale(now: datetime, stale_after_s: float) -> ColumnElement[bool]:

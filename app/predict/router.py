@@ -279,7 +279,9 @@ def get_serving_settings(caller: CallerDep, session: SessionDep,
 def put_serving_settings(caller: CallerDep, session: SessionDep, name: NameParam,
                          body: ServingSettings) -> ServingSettings:
     """Set this model's batching; every API process applies it on its next request."""
-    return set_serving_settings(session, caller.owner, name, body)
+    settings = set_serving_settings(session, caller.owner, name, body)
+    caller.audit(session, "serving.set", f"model/{name}/serving", **body.model_dump())
+    return settings
 
 
 # --- labels ----------------------------------------------------------------------------------
@@ -300,6 +302,7 @@ async def put_label(caller: CallerDep, name: NameParam, label: LabelParam,
     def move() -> None:
         with session_scope() as s:
             registry.set_label(s, get_serving().store, caller.owner, name, label, body.version)
+            caller.audit(s, "label.set", f"model/{name}/labels/{label}", version=body.version)
 
     await run_in_threadpool(move)
     return LabelRead(name=name, label=label, version=body.version)
@@ -310,6 +313,7 @@ async def put_label(caller: CallerDep, name: NameParam, label: LabelParam,
 def delete_label(caller: CallerDep, session: SessionDep, name: NameParam,
                  label: LabelParam) -> None:
     registry.delete_label(session, get_serving().store, caller.owner, name, label)
+    caller.audit(session, "label.delete", f"model/{name}/labels/{label}")
 
 
 # --- Open Inference Protocol v2 (KServe, Triton) ------------------------------------------

@@ -176,11 +176,14 @@ async def loaded_model(ref: Ref) -> LoadedModel:
 async def run(ref: Ref, model: LoadedModel, arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Through the model's batcher. A model evicted while the request waited is loaded again
     and the request retried once; a full queue is a 503 with Retry-After."""
-    limit = model.batcher.policy.max_queued_rows
+    queued = model.batcher.policy.max_queued_rows
+    limit, why = min((get_settings().max_predict_rows, "a request may hold"),
+                     (queued, "this model queues"))
     if len(arrays[0]) > limit:  # retrying could never help
-        raise DomainError(413, "Too many rows", f"{len(arrays[0])} rows in one request; this "
-                          f"model queues at most {limit}. Split the rows over several requests "
-                          "or run a batch prediction job.", type="/problems/too-large")
+        raise DomainError(413, "Too many rows", f"{len(arrays[0])} rows in one request; {why} "
+                          f"at most {limit}. Split the rows over several requests or run a "
+                          "batch prediction job.", type="/problems/too-large",
+                          extra={"limit": limit, "current": len(arrays[0])})
     try:
         try:
             return await model.batcher.predict(arrays)

@@ -60,13 +60,15 @@ def publish_version(session: Session, store: ArtifactStore, owner: str, name: st
     only that attempt is undone and the next number is tried; the caller's other work in the
     transaction stays. The folder is published once the row is in; if the transaction then
     rolls back, the folder is removed with it."""
+    size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
     for _attempt in range(VERSION_ATTEMPTS):
         try:
             with session.begin_nested():
                 version = _next_version(session, owner, name)
                 key = store.model_key(owner, name, version)
                 mv = ModelVersion(owner=owner, name=name, version=version, artifact_key=key,
-                                  metrics=metrics or {}, job_id=job_id, spec_id=spec_id)
+                                  metrics=metrics or {}, job_id=job_id, spec_id=spec_id,
+                                  size_bytes=size)
                 session.add(mv)
         except IntegrityError:  # another publisher took that number first; take the next
             continue

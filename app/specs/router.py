@@ -25,6 +25,7 @@ def create_spec(
 
     def create() -> SpecRead:
         spec = service.create(session, caller.owner, body)
+        caller.audit(session, "spec.create", f"spec/{spec.id}", name=spec.name)
         response.headers["Location"] = f"/v1/specs/{spec.id}"
         return SpecRead.model_validate(spec)
 
