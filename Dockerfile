@@ -1,6 +1,10 @@
 # keras-jobs image: API (default CMD) and Celery worker (`keras-jobs worker`) share this image.
-# Installs the `gpu` extra (tensorflow[and-cuda]); it also runs on hosts without a GPU (TF falls
-# back to the CPU). GPU access needs the NVIDIA Container Toolkit, see docker-compose.gpu.yml.
+# The TensorFlow build is the TF_EXTRA build argument, one of the project's extras:
+#   gpu (default): tensorflow[and-cuda], several GB; also runs on hosts without a GPU (TF falls
+#                  back to the CPU). GPU access needs the NVIDIA Container Toolkit, see
+#                  docker-compose.gpu.yml.
+#   cpu:           tensorflow-cpu, a much smaller image (docker-compose.yml builds this one).
+#   docker build --build-arg TF_EXTRA=cpu -t keras-jobs:cpu .
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
@@ -23,12 +27,16 @@ RUN groupadd --system --gid 10001 kj \
 #    metadata with empty package stubs, then drop the stub. This layer is rebuilt only when
 #    pyproject.toml / README.md change, not on every source edit.
 COPY pyproject.toml README.md ./
+ARG TF_EXTRA=gpu
 # DL3013 (pin pip versions) does not apply: this installs the local project, whose dependency
 # versions are pinned in pyproject.toml (TensorFlow exactly).
+# An unknown extra would only be a pip warning, and an image without TensorFlow: refuse it.
 # hadolint ignore=DL3013
-RUN mkdir -p app worker migrations keras_jobs \
+RUN case "${TF_EXTRA}" in cpu|gpu) ;; \
+        *) echo "TF_EXTRA must be cpu or gpu, not '${TF_EXTRA}'" >&2; exit 1 ;; esac \
+    && mkdir -p app worker migrations keras_jobs \
     && touch app/__init__.py worker/__init__.py migrations/__init__.py keras_jobs/__init__.py \
-    && pip install --no-cache-dir ".[gpu]" \
+    && pip install --no-cache-dir ".[${TF_EXTRA}]" \
     && pip uninstall --yes keras-jobs \
     && rm -rf app worker migrations keras_jobs build ./*.egg-info
 

@@ -61,7 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Before the worker and the API processes start: they all write their metrics there, and
     # /metrics in any API process adds them up.
     metrics_dir = use_fresh_dir(settings.home, "serve")
-    upgrade(settings.resolved_database_url)
+    if settings.migrate_on_start:  # off where `keras-jobs migrate` runs first (compose)
+        upgrade(settings.resolved_database_url)
     refusal = _auth_at_start(args.host)
     if refusal is not None:
         print(refusal, file=sys.stderr)

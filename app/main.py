@@ -24,6 +24,7 @@ from app.core.broker import check_broker
 from app.core.config import get_settings
 from app.core.db import get_engine
 from app.core.migrate import upgrade
+from app.core.redact import redact, secrets_in_urls
 from app.core.storage import get_store
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     settings.ensure_dirs()
-    await run_in_threadpool(upgrade, settings.resolved_database_url)
+    if settings.migrate_on_start:  # off where `keras-jobs migrate` runs first (compose)
+        await run_in_threadpool(upgrade, settings.resolved_database_url)
     await run_in_threadpool(_remove_stale_staging, settings.staging_max_age_s)
     # TensorFlow is imported before the server accepts requests (imported from two threads at
     # once, its modules can be seen half-initialised); the recently served models then load
@@ -89,13 +91,16 @@ def create_app() -> FastAPI:
         200: {"description": "Ready: the checks, and the models loaded"}})
     def readyz() -> Any:
         checks: dict[str, str] = {}
+        settings = get_settings()
+        secrets = secrets_in_urls(settings.resolved_database_url, settings.resolved_broker_url)
         for name, check in (("database", _check_db), ("broker", check_broker),
                             ("artifact_store", lambda: get_store().check())):
             try:
                 check()
                 checks[name] = "ok"
             except Exception as exc:  # report every failing part, not just the first
-                checks[name] = f"error: {exc}"
+                # Driver errors may quote a URL or a piece of its password: never shown.
+                checks[name] = f"error: {redact(str(exc), secrets)}"
         serving = get_serving()
         checks["serving"] = "ok" if serving.ready.is_set() else "starting"
         loaded = [f"{m.name}/{m.version}" for m in serving.cache.loaded()]

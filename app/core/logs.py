@@ -20,6 +20,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from app.core.redact import MARKERS, redact
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -64,6 +66,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class RedactSecrets(logging.Filter):
+    """Masks URL passwords, bearer tokens and API keys in a record's message (app.core.redact),
+    whoever logged it (a driver's error quoting its URL, a client's headers). Only a message
+    that contains one of the markers is rewritten; the record then carries the redacted text and
+    no args, so every handler after this one sees it masked too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format is the handler's to report
+            return True
+        if any(marker in message for marker in MARKERS):
+            masked = redact(message)
+            if masked != message:
+                record.msg, record.args = masked, None
+        return True
+
+
 def formatter(fmt: str) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
 
@@ -84,6 +104,7 @@ def configure_logging(level: str, fmt: str) -> None:
     if root.handlers:
         return
     handler = stderr_handler(capture_warnings=fmt == "json")
+    handler.addFilter(RedactSecrets())
     handler.setFormatter(formatter(fmt))
     root.addHandler(handler)
     root.setLevel(level.upper())
@@ -99,8 +120,9 @@ def uvicorn_log_config(level: str, fmt: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": chosen},
+        "filters": {"redact": {"()": "app.core.logs.RedactSecrets"}},
         "handlers": {"default": {"()": "app.core.logs.stderr_handler", "formatter": "default",
-                                 "capture_warnings": fmt == "json"}},
+                                 "filters": ["redact"], "capture_warnings": fmt == "json"}},
         "root": {"handlers": ["default"], "level": level.upper()},
         "loggers": {name: dict(passed_on) for name in ("uvicorn", "uvicorn.error",
                                                         "uvicorn.access")},

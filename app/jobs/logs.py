@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from app.core.logs import RedactSecrets
 from app.core.storage import ArtifactStore
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -61,6 +62,7 @@ def job_log(store: ArtifactStore, job_id: str, max_bytes: int) -> Iterator[None]
     handler = BoundedFileHandler(store.path(store.log_key(job_id)), max_bytes)
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.setLevel(logging.INFO)
+    handler.addFilter(RedactSecrets())  # tenants read these logs through the API
     root = logging.getLogger()
     root.addHandler(handler)
     logging.captureWarnings(True)

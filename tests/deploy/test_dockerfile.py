@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -113,14 +114,30 @@ def test_hadolint() -> None:
     assert proc.returncode == 0, f"hadolint:\n{proc.stdout}{proc.stderr}"
 
 
-def test_installs_the_gpu_extra() -> None:
-    extras: set[str] = set()
-    for word, args in instructions():
-        if word != "RUN":
-            continue
-        for m in re.finditer(r"pip3?\s+install\b[^;&|]*?['\"]?\.\[([^\]]*)\]", args):
-            extras |= {e.strip() for e in m.group(1).split(",")}
-    assert "gpu" in extras, f"no `pip install .[gpu]` in the Dockerfile (extras seen: {extras})"
+def test_tensorflow_build_is_a_build_argument() -> None:
+    """`ARG TF_EXTRA` (gpu unless told otherwise) picks the extra `pip install .[...]` installs;
+    both values are extras of pyproject.toml, and any other value stops the build (pip would
+    only warn, and the image would have no TensorFlow)."""
+    ins = instructions()
+    args = dict(a.partition("=")[::2] for word, a in ins if word == "ARG")
+    assert args.get("TF_EXTRA") == "gpu", f"no `ARG TF_EXTRA=gpu` (ARGs: {args})"
+    runs = [a for word, a in ins if word == "RUN"]
+    installs = [r for r in runs if re.search(r"pip3?\s+install\b[^;&|]*\.\[\$\{TF_EXTRA\}\]", r)]
+    assert installs, "no `pip install .[${TF_EXTRA}]` in the Dockerfile"
+    guard = re.search(r'case "\$\{TF_EXTRA\}" in ([\w|]+)\)', installs[0])
+    assert guard, "the install does not check TF_EXTRA first"
+    allowed = set(guard.group(1).split("|"))
+    assert allowed == {"cpu", "gpu"}, allowed
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert allowed <= set(extras), f"{allowed - set(extras)} are not extras of pyproject.toml"
+    assert any(d.startswith("tensorflow-cpu") for d in extras["cpu"])
+    assert any(d.startswith("tensorflow[and-cuda]") for d in extras["gpu"])
+    # An ARG is seen by the RUNs after it in its build stage (after the last FROM) only.
+    last_from = max(i for i, (word, _) in enumerate(ins) if word == "FROM")
+    arg_at = next(i for i, (word, a) in enumerate(ins) if word == "ARG" and
+                  a.startswith("TF_EXTRA="))
+    assert last_from < arg_at < ins.index(("RUN", installs[0]))
 
 
 def test_base_image_is_pinned_python_311_slim() -> None:
