@@ -43,10 +43,17 @@ class Settings(BaseSettings):
     # Staging folders (an upload in progress, a version being saved) untouched for this long
     # belong to a process that was killed; the API removes them at start-up.
     staging_max_age_s: float = 3600.0
+    # `keras-jobs serve` and each API process upgrade the schema at start-up. Off where one
+    # `keras-jobs migrate` runs before them (compose's one-shot `migrate` service), so that
+    # replicas do not race each other to migrate.
+    migrate_on_start: bool = True
     max_upload_bytes: int = 4 * 1024**3
     # A CSV upload with more columns than this is refused (422) before it is parsed: each
     # column becomes an array file of its own.
     max_csv_columns: int = 2048
+    # Members of an uploaded archive (.npz dataset, .keras model); more is a 422, told from the
+    # archive's last bytes before its central directory is parsed.
+    max_archive_members: int = Field(1024, ge=1)
     # Fit jobs whose arrays are larger than this stream batches from the memory-mapped arrays
     # (tf.data) instead of loading them (job option input="auto").
     stream_threshold_bytes: int = 1024**3
