@@ -21,7 +21,7 @@ from app.core.errors import DomainError
 
 # Answered for anyone: health, the OpenAPI document and its page, and the dashboard's static
 # pages (they hold no data; their scripts call the API with the key the user gives them).
-PUBLIC = frozenset({"/healthz", "/readyz", "/v2", "/v2/health/live", "/v2/health/ready",
+PUBLIC = frozenset({"/", "/healthz", "/readyz", "/v2", "/v2/health/live", "/v2/health/ready",
                     "/docs", "/openapi.json", "/ui"})
 PUBLIC_PREFIXES = ("/ui/",)
 
