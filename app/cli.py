@@ -116,6 +116,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     settings.ensure_dirs()
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the key is what this prints
     upgrade(settings.resolved_database_url)
     try:
         with session_scope() as s:

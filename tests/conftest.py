@@ -48,7 +48,7 @@ def service_env(pg_database: str,
         "KJ_SWEEP_S": "1",
         "KJ_LOG_LEVEL": "INFO",
         # Every request of the suite carries a key (the `client` fixture makes it); the rate
-        # limits are tested on their own (tests/api/test_auth_limits.py).
+        # limits are tested on their own (tests/e2e/test_rate_limit.py).
         "KJ_AUTH": "required",
         "KJ_RATE_LIMIT_WRITES_PER_MIN": "0",
         "KJ_RATE_LIMIT_PREDICT_PER_MIN": "0",

@@ -19,6 +19,7 @@ DB_RETRIES = 24 * 60
 # A job whose tenant already runs its quota of jobs (KJ_QUOTA_RUNNING_JOBS) stays queued; its
 # message comes back this often until a slot is free.
 TENANT_BUSY_RETRY_S = 10
+TENANT_BUSY_RETRIES = 10**9  # as long as it takes
 
 
 @app.task(name=RUN_JOB_TASK, bind=True, max_retries=DB_RETRIES)  # type: ignore[untyped-decorator]
@@ -32,7 +33,8 @@ def run_job(self: Any, job_id: str) -> None:
         run(job_id, redelivered=redelivered)
     except TenantBusy as exc:  # its tenant runs its quota of jobs: try again in a while
         log.info("%s; trying again in %ss", exc, TENANT_BUSY_RETRY_S)
-        raise self.retry(exc=exc, countdown=TENANT_BUSY_RETRY_S) from exc
+        raise self.retry(exc=exc, countdown=TENANT_BUSY_RETRY_S,
+                         max_retries=TENANT_BUSY_RETRIES) from exc
     except Exception as exc:
         # Returning (or failing: acks_on_failure) would ack a message whose job was never
         # recorded as started. retry() first sends a copy with a countdown, then this message is

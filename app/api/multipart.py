@@ -85,9 +85,13 @@ class _Parts:
             self.received.size += len(chunk)
             if self.received.size > self.max_bytes:
                 raise DomainError(413, "Upload too large",
-                                  f"The upload exceeds {self.max_bytes} bytes "
-                                  "(KJ_MAX_UPLOAD_BYTES).", [FieldError("/file", "too large")],
-                                  type="/problems/too-large")
+                                  f"The upload exceeds {self.max_bytes} bytes, the largest "
+                                  "upload this tenant may make (max_upload_bytes quota; "
+                                  "default KJ_MAX_UPLOAD_BYTES).",
+                                  [FieldError("/file", "too large")],
+                                  type="/problems/too-large",
+                                  extra={"limit": self.max_bytes,
+                                         "current": self.received.size})
             self.digest.update(chunk)
             self.out.write(chunk)
         elif self.field is not None:
