@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
@@ -67,7 +67,9 @@ def usage(session: Session, tenant: str) -> dict[str, int]:
 
 
 def stored_bytes(session: Session, tenant: str) -> int:
-    datasets = session.scalar(select(func.coalesce(func.sum(Dataset.size_bytes), 0))
+    # Rows from before stored_bytes was recorded (0) count their upload's size.
+    per_row = case((Dataset.stored_bytes > 0, Dataset.stored_bytes), else_=Dataset.size_bytes)
+    datasets = session.scalar(select(func.coalesce(func.sum(per_row), 0))
                               .where(Dataset.owner == tenant)) or 0
     models = session.scalar(select(func.coalesce(func.sum(ModelVersion.size_bytes), 0))
                             .where(ModelVersion.owner == tenant)) or 0

@@ -1,8 +1,10 @@
 """Turn an uploaded file (.npz, .npy or CSV) into one `.npy` file per named array.
 
 Arrays are stored uncompressed, one file each, so a job can open them memory-mapped. Nothing
-here holds a whole file in memory: npz members are copied as streams, CSV rows are parsed in
-chunks. `allow_pickle=False` everywhere: object arrays are refused, never loaded.
+here holds a whole file in memory: an npz's central directory is checked first (app.core.archives:
+names, links, member count, total uncompressed size), then each member is copied to its file in
+chunks with plain writes (a memory map being filled counts its dirty pages in the process's
+memory); CSV rows are parsed in chunks. Object arrays are refused from the header, never loaded.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import csv
 import io
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from app.core.archives import open_zip
+from app.core.config import get_settings
 from app.core.errors import DomainError, FieldError, bad_request, invalid, unsupported_media
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
@@ -28,6 +33,7 @@ CSV_CHUNK_ROWS = 65536
 # are Python strings until the chunk is converted).
 CSV_CHUNK_CELLS = 1 << 20
 SINGLE_ARRAY_NAME = "x"
+COPY_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -52,16 +58,19 @@ def detect_format(filename: str, head: bytes) -> str:
 
 
 def ingest(src: Path, filename: str, dest: Path, max_bytes: int,
-           max_columns: int | None = None) -> IngestResult:
+           max_columns: int | None = None, max_members: int | None = None) -> IngestResult:
     """Read `src` and write its arrays as `dest/<name>.npy`; raise DomainError on bad input.
-    A CSV may have at most `max_columns` columns (None: no bound)."""
+    `max_bytes` bounds each array and an npz's members together (uncompressed); an npz has at
+    most `max_members` members (None: KJ_MAX_ARCHIVE_MEMBERS), a CSV at most `max_columns`
+    columns (None: no bound)."""
     if src.stat().st_size == 0:
         raise bad_request("The uploaded file is empty.", [FieldError("/file", "empty file")])
     with src.open("rb") as fh:
         head = fh.read(8)
     fmt = detect_format(filename, head)
     if fmt == "npz":
-        _ingest_npz(src, dest, max_bytes)
+        members = get_settings().max_archive_members if max_members is None else max_members
+        _ingest_npz(src, dest, max_bytes, members)
     elif fmt == "npy":
         _copy_npy(src.open("rb"), dest / f"{SINGLE_ARRAY_NAME}.npy", "/file", max_bytes)
     else:
@@ -81,7 +90,8 @@ def _read_npy_header(fh: IO[bytes], pointer: str) -> tuple[tuple[int, ...], bool
 
 
 def _copy_npy(fh: IO[bytes], target: Path, pointer: str, max_bytes: int) -> None:
-    """Check the header (no object dtype, size within bounds), then copy header and data."""
+    """Check the header (no object dtype, size within bounds), then write header and data to
+    `target` in chunks; the source must end where the data does."""
     with fh:
         shape, fortran, dtype = _read_npy_header(fh, pointer)
         if dtype.hasobject:
@@ -94,35 +104,54 @@ def _copy_npy(fh: IO[bytes], target: Path, pointer: str, max_bytes: int) -> None
             raise DomainError(413, "Dataset too large",
                               f"Array is {nbytes} bytes; the limit is {max_bytes}.",
                               [FieldError(pointer, "too large")], type="/problems/too-large")
-        out = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape,
-                                        fortran_order=fortran) if nbytes else None
-        if out is None:
-            np.save(target, np.empty(shape, dtype=dtype), allow_pickle=False)
-            return
-        flat = out.reshape(-1, order="F" if fortran else "C")
-        view = flat.view(np.uint8)
-        copied = 0
-        while copied < nbytes:
-            chunk = fh.read(min(1 << 20, nbytes - copied))
-            if not chunk:
-                break
-            view[copied:copied + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-            copied += len(chunk)
-        out.flush()
-        del out, flat, view
-        if copied != nbytes:
-            target.unlink()
-            raise invalid("The array data is truncated.",
-                          [FieldError(pointer, f"expected {nbytes} bytes of data, got {copied}")])
+        try:
+            with target.open("wb") as out:
+                _write_npy_header(out, shape, fortran, dtype)
+                copied = _copy_bytes(fh, out, nbytes)
+            if copied != nbytes:
+                raise invalid("The array data is truncated.",
+                              [FieldError(pointer, f"expected {nbytes} bytes of data, "
+                                          f"got {copied}")])
+            # Reading on to the end also makes zipfile check an archive member's CRC.
+            if fh.read(1):
+                raise invalid("The file holds more bytes than its array header declares.",
+                              [FieldError(pointer, f"expected {nbytes} bytes of data after "
+                                          "the header, and nothing more")])
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
 
 
-def _ingest_npz(src: Path, dest: Path, max_bytes: int) -> None:
+def _write_npy_header(out: IO[bytes], shape: tuple[int, ...], fortran: bool,
+                      dtype: np.dtype[Any]) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran,
+              "shape": shape}
     try:
-        archive = zipfile.ZipFile(src)
+        np.lib.format.write_array_header_1_0(out, header)
+    except ValueError:  # (raised before writing) a header past 64 KiB needs version 2.0
+        np.lib.format.write_array_header_2_0(out, header)
+
+
+def _copy_bytes(src: IO[bytes], out: IO[bytes], nbytes: int) -> int:
+    copied = 0
+    while copied < nbytes:
+        chunk = src.read(min(COPY_CHUNK, nbytes - copied))
+        if not chunk:
+            break
+        out.write(chunk)
+        copied += len(chunk)
+    return copied
+
+
+def _ingest_npz(src: Path, dest: Path, max_bytes: int, max_members: int) -> None:
+    """The central directory passes app.core.archives' checks before any member is read; each
+    member is then inflated at most to its declared size (zipfile stops there)."""
+    try:
+        archive, entries = open_zip(src, max_members=max_members, max_total_bytes=max_bytes)
     except zipfile.BadZipFile as exc:
         raise invalid("Not a readable .npz file.", [FieldError("/file", str(exc))]) from exc
     with archive:
-        members = [m for m in archive.infolist() if not m.is_dir()]
+        members = [m for m in entries if not m.is_dir()]
         if not members:
             raise invalid("The .npz file holds no arrays.", [FieldError("/file", "no arrays")])
         for member in members:
@@ -136,7 +165,7 @@ def _ingest_npz(src: Path, dest: Path, max_bytes: int) -> None:
                 )
             try:
                 _copy_npy(archive.open(member), dest / f"{name}.npy", pointer, max_bytes)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
                 raise invalid("Not a readable .npz file.", [FieldError(pointer, str(exc))]) from exc
 
 

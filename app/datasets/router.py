@@ -35,9 +35,9 @@ async def upload_dataset(
             dataset = service.create(session, store, caller.owner, staging, received,
                                      fields.get("name"), limit, settings.max_csv_columns)
             session.flush()
-            quotas.check_stored(session, caller.owner, dataset.size_bytes)
+            quotas.check_stored(session, caller.owner, dataset.stored_bytes)
             caller.audit(session, "dataset.create", f"dataset/{dataset.id}", name=dataset.name,
-                         size_bytes=dataset.size_bytes)
+                         size_bytes=dataset.size_bytes, stored_bytes=dataset.stored_bytes)
             response.headers["Location"] = f"/v1/datasets/{dataset.id}"
             return DatasetRead.model_validate(dataset)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class DatasetRead(BaseModel):
@@ -15,6 +15,8 @@ class DatasetRead(BaseModel):
     format: str
     sha256: str
     size_bytes: int
+    stored_bytes: int = Field(description="the arrays' bytes in the store (what the "
+                              "stored-bytes quota counts)")
     num_rows: int
     arrays: dict[str, Any]
     created_at: datetime

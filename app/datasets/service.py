@@ -39,7 +39,9 @@ def create(session: Session, store: ArtifactStore, owner: str, staging: Path,
                           [FieldError(pointer, f"the {what} contains NUL (\\u0000)")])
     arrays_dir = staging / "arrays"
     arrays_dir.mkdir()
-    result = ingest(upload.path, upload.filename, arrays_dir, max_bytes * 8, max_csv_columns)
+    # The arrays written may be no larger than the largest upload (an archive or a CSV can
+    # expand several times; the stored-bytes quota counts what is written).
+    result = ingest(upload.path, upload.filename, arrays_dir, max_bytes, max_csv_columns)
     dataset_id = new_id("ds")
     key = store.dataset_key(dataset_id)
     filename = upload.filename[-MAX_FILENAME:]
@@ -84,6 +86,7 @@ def _add_published(session: Session, store: ArtifactStore, dataset: Dataset,
                    arrays_dir: Path) -> None:
     """Add the row, then rename its folder into place (after the flush: a row that cannot be
     inserted publishes nothing)."""
+    dataset.stored_bytes = sum(f.stat().st_size for f in arrays_dir.rglob("*") if f.is_file())
     session.add(dataset)
     session.flush()
     key = dataset.storage_key

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npformat
 
+from app.core.archives import open_zip, read_member
+from app.core.errors import DomainError
 from app.predict.signature import TensorInfo, check_array, pointer_token, problem
 
 NPY = "application/x-npy"
@@ -113,35 +115,41 @@ def _too_large(name: str, nbytes: int, max_bytes: int, pointer: str) -> Exceptio
 def _decode_archive(raw: bytes, inputs: list[TensorInfo],
                     max_bytes: int) -> list[np.ndarray[Any, Any]]:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(raw))
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        # Checked from the end record and the central directory alone (nothing inflated):
+        # count, names, links, declared uncompressed sizes; a zip bomb costs a header read.
+        archive, entries = open_zip(raw, max_members=len(inputs), max_total_bytes=max_bytes,
+                                    pointer="")
+    except zipfile.BadZipFile as exc:
         raise problem(f"The body is not a valid .npz archive: {exc}", "",
                       "a .npz file written by numpy.savez") from None
+    except DomainError as exc:
+        raise _as_problem(exc) from None
     with archive:
-        members = _members(archive.infolist(), inputs, max_bytes)
+        members = _members(entries, inputs)
         return [check_array(_read_member(archive, members[i.name], i.name, max_bytes), i,
                             f"/{pointer_token(i.name)}") for i in inputs]
 
 
-def _members(entries: list[zipfile.ZipInfo], inputs: list[TensorInfo],
-             max_bytes: int) -> dict[str, zipfile.ZipInfo]:
-    """Members by input name, checked from the central directory alone (nothing inflated):
-    names, count, and declared uncompressed sizes, so a zip bomb costs a header read."""
+def _as_problem(exc: DomainError) -> DomainError:
+    """An archive refusal in this route's terms: 413 for sizes, 400 for the rest, with the
+    `error` field TF Serving's and Triton's clients read."""
+    status = 413 if exc.status == 413 else 400
+    where = exc.errors[0] if exc.errors else None
+    return problem(exc.detail, where.pointer if where else "",
+                   where.detail if where else "a .npz file written by numpy.savez",
+                   status=status)
+
+
+def _members(entries: list[zipfile.ZipInfo],
+             inputs: list[TensorInfo]) -> dict[str, zipfile.ZipInfo]:
+    """Members by input name: one per input, no other."""
     names = [i.name for i in inputs]
-    if len(entries) > len(inputs):
-        raise problem(f"The archive has {len(entries)} members; the model has {len(inputs)} "
-                      f"inputs {names}.", "", f"members {names}")
     members: dict[str, zipfile.ZipInfo] = {}
-    total = 0
     for entry in entries:
         name = entry.filename.removesuffix(_SUFFIX)
         if name not in names or name in members:
             raise problem(f"Unexpected archive member '{entry.filename}'; the model's inputs "
                           f"are {names}.", f"/{pointer_token(name)}", f"one of {names}")
-        total += entry.file_size
-        if entry.file_size > max_bytes or total > max_bytes:
-            raise _too_large(name, max(entry.file_size, total), max_bytes,
-                             f"/{pointer_token(name)}")
         members[name] = entry
     missing = [n for n in names if n not in members]
     if missing:
@@ -154,9 +162,9 @@ def _read_member(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, name: str,
                  max_bytes: int) -> np.ndarray[Any, Any]:
     pointer = f"/{pointer_token(name)}"
     try:
-        # zipfile inflates at most the declared file_size and then checks the CRC, so a member
-        # that lies about its size fails here instead of inflating without bound.
-        data = archive.read(entry)
+        # In bounded chunks up to the declared size (a whole-member read would inflate all of
+        # a lying member before cutting it there); then zipfile checks the CRC.
+        data = read_member(archive, entry)
     except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, ValueError,
             OSError, EOFError) as exc:
         raise problem(f"Archive member '{entry.filename}' cannot be read: {exc}", pointer,

@@ -19,6 +19,9 @@ class Dataset(Base):
     format: Mapped[str] = mapped_column(String(10))
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # The array files' bytes in the store (what the stored-bytes quota counts; an archive or a
+    # CSV may take several times its upload's size_bytes).
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     num_rows: Mapped[int] = mapped_column(BigInteger)
     # {array name: {"shape": [...], "dtype": "float32"}}
     arrays: Mapped[dict[str, Any]]

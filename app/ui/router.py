@@ -1,9 +1,11 @@
 """The dashboard (/ui) and the API docs (/docs), served from the package.
 
 Pages are static HTML with one small script each; they read the public API (`/v1/...`) from
-the browser, and a job page follows the job's Server-Sent Events. Every script, style and
-library (uPlot, Swagger UI) ships in `app/ui/static/`, so neither needs the internet: FastAPI's
-own /docs loads Swagger UI from a CDN and is blank on an offline host.
+the browser, and a job page follows the job's Server-Sent Events. The pages hold no data and
+need no key; where the API does, a page that gets a 401 asks for the key and sends it with
+every call (static/common.js). Every script, style and library (uPlot, Swagger UI) ships in
+`app/ui/static/`, so neither needs the internet: FastAPI's own /docs loads Swagger UI from a
+CDN and is blank on an offline host.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""api keys, audit events, tenant quotas, model version sizes
+"""api keys, audit events, tenant quotas, stored sizes of model versions and datasets
 
 Revision ID: 0008
 Revises: 0007
@@ -63,9 +63,14 @@ def upgrade() -> None:
     with op.batch_alter_table('model_versions', schema=None) as batch_op:
         batch_op.add_column(sa.Column('size_bytes', sa.BigInteger(), server_default='0',
                                       nullable=False))
+    with op.batch_alter_table('datasets', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('stored_bytes', sa.BigInteger(), server_default='0',
+                                      nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('datasets', schema=None) as batch_op:
+        batch_op.drop_column('stored_bytes')
     with op.batch_alter_table('model_versions', schema=None) as batch_op:
         batch_op.drop_column('size_bytes')
     op.drop_table('tenant_quotas')

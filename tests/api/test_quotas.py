@@ -138,7 +138,7 @@ def test_quotas_show_what_is_in_force_the_overrides_and_the_usage(
     assert shown["quota"]["max_running_jobs"] == s.quota_running_jobs  # the default
     assert shown["overrides"]["max_queued_jobs"] == 7
     assert shown["overrides"]["max_stored_bytes"] is None
-    assert shown["usage"]["stored_bytes"] == ds["size_bytes"] > 0
+    assert shown["usage"]["stored_bytes"] == ds["stored_bytes"] > 0
     assert client.get(f"/v1/tenants/{tenant.name}/quotas").json() == shown
     # Nulls put the defaults back.
     assert tenant.quotas(max_queued_jobs=None)["quota"] == fresh["quota"]
@@ -183,7 +183,7 @@ def test_an_upload_past_the_stored_bytes_quota_is_413_and_leaves_nothing(
     data = _data()
     first = tenant.upload("fits", **data)
     assert first.status_code == 201, first.text
-    size = first.json()["size_bytes"]
+    size = first.json()["stored_bytes"]  # the arrays as stored: what the quota counts
     tenant.quotas(max_stored_bytes=size + size // 2)  # room for half another one
     root = Path(service_env["KJ_ARTIFACT_ROOT"])
     before_rows, before_files = table_counts(), stored_files(root)

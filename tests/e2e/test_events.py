@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers import (
     SEED_SPEC,
+    auth_headers,
     check_event_stream,
     iter_events,
     live_server,
@@ -36,7 +37,8 @@ def _submit(client: Any, epochs: int, **extra: Any) -> str:
 
 
 def test_stream_follows_a_running_job(client: Any, worker: Any) -> None:
-    with live_server() as url, httpx.Client(base_url=f"http://{url}") as http:
+    with live_server() as url, httpx.Client(base_url=f"http://{url}",
+                                            headers=auth_headers()) as http:
         job_id = _submit(client, epochs=4)
         arrivals: list[tuple[float, dict[str, Any]]] = []
 

@@ -25,6 +25,7 @@ from tests.helpers import (
     ROOT,
     SEED_SPEC,
     PrivateRedis,
+    make_key,
     parent_pid,
     reset_caches,
     start_worker,
@@ -79,12 +80,15 @@ def iso(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Iso]:
                "KJ_HEARTBEAT_S": "1", "KJ_SWEEP_S": "1",
                # Above a fresh child's start, while its parent holds the next message.
                "KJ_REDISPATCH_AFTER_S": "30",
-               "KJ_LOG_LEVEL": "INFO"}
+               "KJ_LOG_LEVEL": "INFO", "KJ_AUTH": "required"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         reset_caches()
         try:
             with TestClient(create_app()) as http:
+                # Keys live in the database: this one needs a key of its own.
+                key = make_key("local", "reliability", ["admin"])
+                http.headers["Authorization"] = f"Bearer {key}"
                 x, y = two_classes(n=500)
                 dataset = upload(http, "reliability", x=x, y=y)
                 spec = http.post("/v1/specs", json=SEED_SPEC).json()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import assert_problem, live_server
+from tests.helpers import assert_problem, auth_headers, live_server
 
 pytestmark = pytest.mark.slow
 
@@ -296,19 +296,21 @@ def test_open_inference_protocol_with_tritonclient(client: Any, live_url: str,
     publish(client, single, keras_models["mlp"], tmp_path)
     publish(client, multi, keras_models["multi"], tmp_path)
     triton = httpclient.InferenceServerClient(live_url)
+    key = auth_headers()  # health is public; models answer only with a key
     assert triton.is_server_live()
     deadline = time.monotonic() + 60
     while not triton.is_server_ready() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert triton.is_server_ready() and triton.is_model_ready(single)
-    meta = triton.get_model_metadata(single)
+    assert triton.is_server_ready() and triton.is_model_ready(single, headers=key)
+    assert not triton.is_model_ready(single)  # 401 without the key
+    meta = triton.get_model_metadata(single, headers=key)
     assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]
 
     x = np.random.default_rng(4).normal(size=(3, 2)).astype("float32")
     for binary in (False, True):
         inp = httpclient.InferInput("x", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=binary)
-        result = triton.infer(single, [inp], model_version="1")
+        result = triton.infer(single, [inp], model_version="1", headers=key)
         out_name = meta["outputs"][0]["name"]
         np.testing.assert_allclose(result.as_numpy(out_name), keras_models["mlp"](x), atol=1e-5)
 
@@ -317,14 +319,15 @@ def test_open_inference_protocol_with_tritonclient(client: Any, live_url: str,
     ins = [httpclient.InferInput("a", [2, 2], "FP32"), httpclient.InferInput("b", [2, 3], "FP32")]
     ins[0].set_data_from_numpy(a)
     ins[1].set_data_from_numpy(b, binary_data=False)
-    result = triton.infer(multi, ins, outputs=[httpclient.InferRequestedOutput("reg")])
+    result = triton.infer(multi, ins, outputs=[httpclient.InferRequestedOutput("reg")],
+                          headers=key)
     np.testing.assert_allclose(result.as_numpy("reg"), keras_models["multi"]([a, b])[1],
                                atol=1e-5)
     assert result.as_numpy("cls") is None  # only the requested output came back
     bad = httpclient.InferInput("x", [1, 2], "INT32")
     bad.set_data_from_numpy(np.zeros((1, 2), dtype="int32"))
     with pytest.raises(Exception, match="FP32"):
-        triton.infer(single, [bad])
+        triton.infer(single, [bad], headers=key)
 
 
 def test_per_model_batching_settings(client: Any, keras_models: dict[str, Any],

@@ -232,14 +232,12 @@ def test_invalid_name_and_missing_file(client: Any, unchanged: None, trained: Tr
 
 
 def test_too_large(client: Any, unchanged: None, trained: Trained) -> None:
-    from app.core.config import get_settings
-
-    small = get_settings().model_copy(update={"max_upload_bytes": 1024})
-    client.app.dependency_overrides[get_settings] = lambda: small
+    quotas = "/v1/tenants/local/quotas"  # the largest upload is the tenant's quota
+    assert client.put(quotas, json={"max_upload_bytes": 1024}).status_code == 200
     try:
         assert_problem(_post(client, "big", "m.keras", trained.path.read_bytes()), 413, "/file")
     finally:
-        client.app.dependency_overrides.pop(get_settings)
+        assert client.put(quotas, json={}).status_code == 200
 
 
 def test_uncompiled_model_is_accepted(client: Any, tmp_path: Path) -> None:

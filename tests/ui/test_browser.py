@@ -1,5 +1,6 @@
 """The dashboard and /docs in a real headless Chromium (Selenium, Debian's chromium and
-chromium-driver), against the app under a real server and a real worker.
+chromium-driver), against the app under a real server and a real worker, with API keys
+required: the pages ask for the key, keep it for the tab, and send it with every call.
 
 Chromium resolves no host name but 127.0.0.1 (`--host-resolver-rules`) and uses no proxy, so
 a page that needed a CDN would fail here; the performance log lists every request the pages
@@ -17,7 +18,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ROOT, SEED_SPEC, live_server, tutorial_fit, two_classes, upload
+from tests.helpers import (
+    ROOT,
+    SEED_SPEC,
+    auth_headers,
+    live_server,
+    tutorial_fit,
+    two_classes,
+    upload,
+)
 
 SCREENSHOT = ROOT / "docs" / "screenshots" / "dashboard-job.png"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -97,16 +106,33 @@ def test_job_page_draws_live_curves_and_docs_work_offline(
     from selenium.webdriver.common.by import By
 
     started = time.monotonic()
-    with live_server() as host, httpx.Client(base_url=f"http://{host}", timeout=30) as http:
+    key = auth_headers()["Authorization"].removeprefix("Bearer ")
+    with live_server() as host, httpx.Client(base_url=f"http://{host}", timeout=30,
+                                             headers=auth_headers()) as http:
         base = f"http://{host}"
         x, y = two_classes()
         ds = upload(http, "two-classes", x=x, y=y)
         spec = http.post("/v1/specs", json=SEED_SPEC).json()
         job_id = tutorial_fit(http, spec["id"], ds["id"], "ui-seed-linear")
 
+        # The job page without a key: the API answers 401 and the header asks for one.
+        browser.get(f"{base}/ui/jobs/{job_id}")
+        field = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR,
+                                                        "header form#api-key input"), 30)[0]
+        assert field.get_attribute("type") == "password"
+        assert "API key is required" in wait(
+            browser, lambda d: d.find_element(By.CSS_SELECTOR, "#main .error").text, 10)
+        refused = browser.get_log("browser")  # Chromium logs each 401 as an error
+        assert refused and all("401" in e["message"] for e in refused), refused
+        field.send_keys(key)
+        browser.find_element(By.CSS_SELECTOR, "form#api-key button[type=submit]").click()
+        # Saved for this tab only (sessionStorage), and the page asks again with it.
+        wait(browser, lambda d: d.execute_script(
+            "return sessionStorage.getItem('kj-api-key')") == key, 10)
+        assert browser.execute_script("return localStorage.length") == 0
+
         # The job page, opened while the job is queued or running: its curves grow from the
         # event stream until there is one point per epoch, training and validation.
-        browser.get(f"{base}/ui/jobs/{job_id}")
         first_status = wait(browser, attribute("#status .badge", "data-status"), 30)
         assert wait(browser, lambda d: attribute('.chart[data-metric="loss"]', "data-points")(d)
                     == "5")
@@ -121,6 +147,7 @@ def test_job_page_draws_live_curves_and_docs_work_offline(
         wait(browser, lambda d: d.execute_script(
             "const i = document.querySelector('#boundary img');"
             "return i !== null && i.complete && i.naturalWidth > 0;"), 30)
+        assert not browser.find_elements(By.CSS_SELECTOR, "form#api-key")  # the key works
         shot = tmp_path / "dashboard-job.png"
         shot.write_bytes(full_page_png(browser))
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +156,18 @@ def test_job_page_draws_live_curves_and_docs_work_offline(
         job_urls = requested_urls(browser)
         if first_status in ("queued", "running"):  # it followed the live stream
             assert f"{base}/v1/jobs/{job_id}/events" in job_urls
+
+        # A link to the API (the job's JSON) fetches with the key and opens what came back.
+        page = browser.current_window_handle
+        browser.find_element(By.LINK_TEXT, "JSON").click()
+        wait(browser, lambda d: len(d.window_handles) == 2, 15)
+        browser.switch_to.window(next(h for h in browser.window_handles if h != page))
+        shown = wait(browser, lambda d: d.execute_script(
+            "return location.protocol === 'blob:' && document.body ? document.body.innerText"
+            " : null;"), 15)
+        assert json.loads(shown)["id"] == job_id
+        browser.close()
+        browser.switch_to.window(page)
 
         # The other pages list what the job made.
         browser.get(f"{base}/ui")
@@ -171,3 +210,28 @@ def test_job_page_draws_live_curves_and_docs_work_offline(
             ".then(() => done(false), () => done(true));")
         assert failed is True
     assert time.monotonic() - started < 60
+
+
+def test_a_server_without_keys_asks_for_none(browser: Any, client: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """KJ_AUTH=off (as auto is on loopback before the first key): the pages work as they did
+    before keys existed, with no form and nothing stored."""
+    from selenium.webdriver.common.by import By
+
+    from app.core.config import get_settings
+
+    x, y = two_classes(n=20)
+    ds = upload(client, "open-mode", x=x, y=y)
+    monkeypatch.setenv("KJ_AUTH", "off")
+    get_settings.cache_clear()
+    try:
+        with live_server() as host:
+            browser.get(f"http://{host}/ui/datasets")
+            assert wait(browser, attribute(f'tr[data-dataset="{ds["id"]}"]', "data-dataset"),
+                        15) == ds["id"]
+            assert not browser.find_elements(By.CSS_SELECTOR, "form#api-key")
+            assert browser.execute_script("return sessionStorage.length") == 0
+            assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

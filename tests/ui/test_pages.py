@@ -90,3 +90,29 @@ def test_vendored_libraries_keep_their_licenses() -> None:
     for folder in (p for p in vendor.iterdir() if p.is_dir()):
         assert (folder / "LICENSE").is_file(), folder
         assert folder.name in (vendor / "README.md").read_text()
+
+
+@pytest.mark.parametrize("path", [*PAGES, "/ui/static/common.js", "/docs", "/openapi.json"])
+def test_pages_need_no_key(client: Any, path: str) -> None:
+    """The pages are static shells that hold no data: anyone may load them; their scripts ask
+    the API with the key the user gives them."""
+    request = client.build_request("GET", path)
+    del request.headers["authorization"]
+    assert client.send(request).status_code == 200
+    api = client.build_request("GET", "/v1/jobs")
+    del api.headers["authorization"]
+    assert_problem(client.send(api), 401)
+
+
+def test_every_api_call_carries_the_key() -> None:
+    """Only common.js talks to the server (`request` adds the key to every call, the event
+    stream included); no page script calls fetch or EventSource itself, and the key is kept
+    in sessionStorage, never localStorage."""
+    scripts = {p.name: p.read_text() for p in (HERE / "static").glob("*.js")}
+    common = scripts.pop("common.js")
+    for name, text in scripts.items():
+        for direct in ("fetch(", "EventSource", "XMLHttpRequest", "Storage"):
+            assert direct not in text, f"{name} uses {direct}: go through KJ.request"
+    assert common.count("fetch(") == 1 and "EventSource(" not in common
+    assert "sessionStorage.setItem" in common and "localStorage." not in common
+    assert 'headers.set("Authorization", `Bearer ${key}`)' in common

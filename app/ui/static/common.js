@@ -21,9 +21,52 @@ const KJ = (() => {
     return node;
   }
 
+  // --- the API key ----------------------------------------------------------------------------
+  // Kept in sessionStorage: it lives as long as this tab, and other tabs, later visits and
+  // scripts that outlive the tab never see it (localStorage would keep it on disk for every
+  // page of this origin, indefinitely). Without a stored key requests go out as before, so a
+  // server that needs no key (KJ_AUTH=auto on loopback, off) looks as it always did.
+  const KEY_ITEM = "kj-api-key";
+
+  function apiKey() {
+    try {
+      return sessionStorage.getItem(KEY_ITEM) || "";
+    } catch (error) {
+      return ""; // storage disabled: no key
+    }
+  }
+
+  // A small form in the header, shown when the server answered 401: saving reloads the page,
+  // which then asks again with the key.
+  function askKey() {
+    const stored = apiKey() !== "";
+    let form = document.getElementById("api-key");
+    if (!form) {
+      const input = el("input", { type: "password", name: "key", placeholder: "kj_…",
+        autocomplete: "off", spellcheck: "false", "aria-label": "API key", required: true });
+      form = el("form", { id: "api-key", class: "key", onsubmit: (event) => {
+        event.preventDefault();
+        sessionStorage.setItem(KEY_ITEM, input.value.trim());
+        location.reload();
+      } }, el("span", { class: "why" }), input, el("button", { type: "submit" }, "Save"));
+      document.querySelector("header.top").append(form);
+    }
+    form.querySelector(".why").textContent = stored ? "The API key was refused:" : "API key:";
+  }
+
+  // fetch with the key, if there is one; a 401 shows the key form.
+  async function request(path, options) {
+    const key = apiKey();
+    const headers = new Headers((options && options.headers) || {});
+    if (key) headers.set("Authorization", `Bearer ${key}`);
+    const response = await fetch(path, { ...options, headers });
+    if (response.status === 401) askKey();
+    return response;
+  }
+
   // A failed call throws an Error carrying the problem+json body's detail and field errors.
   async function api(path, options) {
-    const response = await fetch(path, options);
+    const response = await request(path, options);
     const type = response.headers.get("content-type") || "";
     const body = type.includes("json") ? await response.json() : await response.text();
     if (!response.ok) {
@@ -34,6 +77,97 @@ const KJ = (() => {
       throw error;
     }
     return body;
+  }
+
+  // An API image (a plot) as a blob: URL: an <img src> could not send the key. A refusal
+  // throws like `api` does.
+  async function image(path) {
+    const response = await request(path);
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      const fields = (body.errors || []).map((f) => `${f.pointer}: ${f.detail}`);
+      const error = new Error([body.detail || `${response.status} ${response.statusText}`, ...fields].join("\n"));
+      error.status = response.status;
+      throw error;
+    }
+    return URL.createObjectURL(await response.blob());
+  }
+
+  // A link to an API resource (JSON, logs, a plot, a model file). With a key, a click fetches
+  // it with the key and opens (or, given `download`, saves) what came back.
+  function apiLink(href, text, download) {
+    return el("a", { href, download, onclick: async (event) => {
+      if (!apiKey()) return; // no key: an ordinary link
+      event.preventDefault();
+      const tab = download ? null : window.open("", "_blank"); // now, while the click counts
+      const response = await request(href);
+      if (!response.ok) {
+        if (tab) tab.close();
+        return; // a 401 shows the key form
+      }
+      const url = URL.createObjectURL(await response.blob());
+      if (download) el("a", { href: url, download }).click();
+      else if (tab) tab.location.href = url;
+      else location.assign(url); // pop-ups blocked: open it here
+    } }, text);
+  }
+
+  // Server-Sent Events read with fetch, since EventSource cannot send the key. Like
+  // EventSource it reconnects after a dropped stream and sends Last-Event-ID, so nothing is
+  // missed or repeated. `on[type](data)` gets each event's parsed JSON data; `state` hears
+  // "open", "reconnecting" and "closed". Returns a function that stops it.
+  function events(path, on, state) {
+    const abort = new AbortController();
+    let last = null;
+
+    function dispatch(block) {
+      let type = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (!line || line.startsWith(":")) continue; // a keep-alive comment
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "id") last = value;
+        else if (field === "event") type = value;
+        else if (field === "data") data += (data ? "\n" : "") + value;
+      }
+      if (data && on[type]) on[type](JSON.parse(data));
+    }
+
+    async function run() {
+      while (!abort.signal.aborted) {
+        try {
+          const headers = last === null ? {} : { "Last-Event-ID": last };
+          const response = await request(path, { headers, cache: "no-store", signal: abort.signal });
+          if (!response.ok) { // 401 (the key form is up), 404: retrying would not help
+            state("closed");
+            return;
+          }
+          state("open");
+          const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+          let buffer = "";
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buffer += value; // the server ends lines with \n
+            let end;
+            while ((end = buffer.indexOf("\n\n")) >= 0) {
+              const block = buffer.slice(0, end);
+              buffer = buffer.slice(end + 2);
+              dispatch(block);
+            }
+          }
+        } catch (error) {
+          if (abort.signal.aborted) return;
+        }
+        if (abort.signal.aborted) return;
+        state("reconnecting");
+        await new Promise((resolve) => setTimeout(resolve, 3000));
+      }
+    }
+
+    run();
+    return () => abort.abort();
   }
 
   function showError(container, error) {
@@ -91,6 +225,6 @@ const KJ = (() => {
     if (link) link.classList.add("current");
   }
 
-  return { TERMINAL, el, api, showError, badge, progress, time, duration, num, bytes, metrics,
-           pathId, markNav };
+  return { TERMINAL, el, api, request, image, apiLink, events, showError, badge, progress, time,
+           duration, num, bytes, metrics, pathId, markNav };
 })();

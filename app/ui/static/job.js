@@ -1,18 +1,20 @@
 // Job page: the job's facts, and its loss and metric curves (training and validation, one
 // uPlot chart per metric) growing live from the job's Server-Sent Events
 // (GET /v1/jobs/{id}/events: `epoch` events carry each epoch's logs, `status` events the
-// status). EventSource reconnects by itself and sends Last-Event-ID, so a dropped stream
-// resumes with no gap. Each chart's `data-points` attribute says how many epochs it shows.
+// status). KJ.events reads them with the API key, reconnects by itself and sends
+// Last-Event-ID, so a dropped stream resumes with no gap. Each chart's `data-points`
+// attribute says how many epochs it shows.
 "use strict";
 
 (() => {
-  const { el, api, badge, progress, time, duration, num, metrics, pathId, markNav, showError } = KJ;
+  const { el, api, apiLink, badge, progress, time, duration, num, metrics, pathId, markNav,
+    showError } = KJ;
   const TRAIN = "#1f77b4", VAL = "#ff7f0e", HEIGHT = 260;
   const id = pathId();
   const main = document.getElementById("main");
   const epochs = []; // epoch index → its logs (sparse until every event has arrived)
   const charts = new Map(); // metric → { box, plot }
-  let job = null, source = null, batchNote = "";
+  let job = null, stop = null, batchNote = "";
 
   markNav("jobs");
   const statusSlot = el("span", { id: "status" });
@@ -137,10 +139,10 @@
       ...fact("ran", job.started_at ? `${duration(job.started_at, job.finished_at)}` : ""),
       ...fact("attempts", job.attempts && job.attempts.length > 1 ? String(job.attempts.length) : ""));
     const base = `/v1/jobs/${encodeURIComponent(job.id)}`;
-    const links = [el("a", { href: base }, "JSON"), el("a", { href: `${base}/logs` }, "logs")];
+    const links = [apiLink(base, "JSON"), apiLink(`${base}/logs`, "logs")];
     if (job.type === "fit") {
-      links.push(el("a", { href: `${base}/history.png` }, "history.png"),
-        el("a", { href: `${base}/history.svg` }, "history.svg"));
+      links.push(apiLink(`${base}/history.png`, "history.png"),
+        apiLink(`${base}/history.svg`, "history.svg"));
     }
     if (!KJ.TERMINAL.includes(job.status)) {
       links.push(el("button", { type: "button", onclick: cancel }, "Cancel job"));
@@ -169,45 +171,43 @@
         || typeof p.x !== "string" || typeof p.y !== "string") return;
     const query = new URLSearchParams({ dataset_id: job.dataset_id, x: p.x, y: p.y });
     const url = `/v1/models/${encodeURIComponent(job.model_name)}/versions/${job.model_version}/boundary.png?${query}`;
-    const response = await fetch(url);
-    if (!response.ok) { // e.g. a model that does not take 2 features: say so, quietly
-      const body = await response.json().catch(() => ({}));
-      boundaryBox.replaceChildren(el("p", { class: "muted" }, `No decision line: ${body.detail || response.status}`));
+    let src;
+    try {
+      src = await KJ.image(url);
+    } catch (error) { // e.g. a model that does not take 2 features: say so, quietly
+      boundaryBox.replaceChildren(el("p", { class: "muted" }, `No decision line: ${error.message}`));
       return;
     }
-    const image = el("img", { class: "plot", alt: "decision line", src: URL.createObjectURL(await response.blob()) });
     boundaryBox.replaceChildren(el("h2", {}, "Decision line (model output = 0.5)"),
-      el("a", { href: url }, image));
+      el("a", { href: src, target: "_blank" }, el("img", { class: "plot", alt: "decision line", src })));
   }
 
   // --- live --------------------------------------------------------------------------------
 
+  const STATES = { open: "live", reconnecting: "reconnecting…", closed: "stream closed" };
+
   function follow() {
-    source = new EventSource(`/v1/jobs/${encodeURIComponent(id)}/events`);
-    source.onopen = () => setLive(true, "live");
-    source.onerror = () => setLive(false, source.readyState === EventSource.CLOSED
-      ? "stream closed" : "reconnecting…");
-    source.addEventListener("epoch", (event) => {
-      const data = JSON.parse(event.data);
-      epochs[data.epoch] = data.logs || {};
-      job.epoch = Math.max(job.epoch, data.epoch + 1);
-      draw();
-      renderStatus();
-    });
-    source.addEventListener("progress", (event) => {
-      const data = JSON.parse(event.data);
-      batchNote = `epoch ${data.epoch + 1}, batch ${data.batch}${data.steps ? `/${data.steps}` : ""}: ${metrics(data.logs)}`;
-      renderStatus();
-    });
-    source.addEventListener("status", async (event) => {
-      job.status = JSON.parse(event.data).status;
-      renderStatus();
-      if (KJ.TERMINAL.includes(job.status)) {
-        source.close(); // the server ends the stream too; do not let EventSource reconnect
-        setLive(false, "");
-        await load(false);
-      }
-    });
+    stop = KJ.events(`/v1/jobs/${encodeURIComponent(id)}/events`, {
+      epoch(data) {
+        epochs[data.epoch] = data.logs || {};
+        job.epoch = Math.max(job.epoch, data.epoch + 1);
+        draw();
+        renderStatus();
+      },
+      progress(data) {
+        batchNote = `epoch ${data.epoch + 1}, batch ${data.batch}${data.steps ? `/${data.steps}` : ""}: ${metrics(data.logs)}`;
+        renderStatus();
+      },
+      async status(data) {
+        job.status = data.status;
+        renderStatus();
+        if (KJ.TERMINAL.includes(job.status)) {
+          stop(); // the server ends the stream too; do not reconnect
+          setLive(false, "");
+          await load(false);
+        }
+      },
+    }, (state) => setLive(state === "open", STATES[state]));
   }
 
   async function load(first) {

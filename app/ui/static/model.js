@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { el, api, time, metrics, pathId, markNav, showError } = KJ;
+  const { el, api, apiLink, time, metrics, pathId, markNav, showError } = KJ;
   const main = document.getElementById("main");
   const name = pathId();
   markNav("models");
@@ -23,7 +23,8 @@
           el("td", {}, v.job_id ? el("a", { class: "mono", href: `/ui/jobs/${v.job_id}` }, v.job_id) : "uploaded"),
           el("td", { title: s && s.status.error_message }, s ? s.state : ""),
           el("td", {}, time(v.created_at)),
-          el("td", {}, el("a", { href: `/v1/models/${encodeURIComponent(name)}/versions/${v.version}/download` }, ".keras")));
+          el("td", {}, apiLink(`/v1/models/${encodeURIComponent(name)}/versions/${v.version}/download`,
+            ".keras", `${name}-${v.version}.keras`)));
       })));
   }
 
@@ -42,15 +43,13 @@
       const query = new URLSearchParams({ dataset_id: dataset.value, x: x.value, y: y.value });
       const url = `/v1/models/${encodeURIComponent(name)}/versions/${version.value}/boundary.png?${query}`;
       out.replaceChildren(el("p", { class: "muted" }, "Drawing…"));
-      const response = await fetch(url);
-      if (!response.ok) {
-        const body = await response.json().catch(() => ({}));
-        const fields = (body.errors || []).map((f) => `${f.pointer}: ${f.detail}`);
-        out.replaceChildren(el("div", { class: "error" }, [body.detail || response.status, ...fields].join("\n")));
-        return;
+      try {
+        const src = await KJ.image(url);
+        out.replaceChildren(el("a", { href: src, target: "_blank" },
+          el("img", { class: "plot", alt: "decision line", src })));
+      } catch (error) {
+        showError(out, error);
       }
-      out.replaceChildren(el("a", { href: url }, el("img", {
-        class: "plot", alt: "decision line", src: URL.createObjectURL(await response.blob()) })));
     } },
     el("label", {}, "version", version), el("label", {}, "dataset", dataset),
     el("label", {}, "x (2 columns)", x), el("label", {}, "y (classes)", y),
