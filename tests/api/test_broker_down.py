@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import SEED_SPEC, reset_caches, two_classes, upload, wait_for_job
+from tests.helpers import (
+    SEED_SPEC,
+    auth_headers,
+    reset_caches,
+    two_classes,
+    upload,
+    wait_for_job,
+)
 
 
 @pytest.mark.slow
@@ -25,7 +32,7 @@ def test_submit_with_broker_down_runs_once_it_is_back(client: Any, worker: Any,
     monkeypatch.setenv("KJ_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
     reset_caches()
     try:
-        with TestClient(create_app()) as dead:
+        with TestClient(create_app(), headers=auth_headers()) as dead:
             r = dead.post("/v1/jobs", json={"type": "fit", "spec_id": spec["id"],
                                             "dataset_id": dataset["id"], "epochs": 2})
             assert r.status_code == 202, r.text

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from tests.helpers import (
     SEED_SPEC,
     assert_problem,
+    auth_headers,
     start_worker,
     stop_process,
     two_classes,
@@ -189,7 +190,7 @@ def assert_unavailable(r: httpx.Response) -> None:
 
 
 def test_refused_database_is_a_503_on_a_kept_connection(server: Server) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=server.url, timeout=30, headers=auth_headers()) as http:
         assert http.get("/v1/specs").status_code == 200  # the pool now holds a connection
         server.proxy.refuse()
         started = time.monotonic()
@@ -206,7 +207,7 @@ def test_refused_database_is_a_503_on_a_kept_connection(server: Server) -> None:
 
 
 def test_frozen_database_is_a_503_within_the_timeouts(server: Server) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=server.url, timeout=30, headers=auth_headers()) as http:
         assert http.get("/v1/specs").status_code == 200
     server.proxy.freeze()
     stuck, health, pending = asyncio.run(_storm(server.url))
@@ -225,7 +226,7 @@ def test_frozen_database_is_a_503_within_the_timeouts(server: Server) -> None:
           f"with {min(pending)}-{max(pending)} requests pending")
     server.proxy.forward()
     started = time.monotonic()
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=server.url, timeout=30, headers=auth_headers()) as http:
         assert http.get("/v1/specs").status_code == 200
     print(f"forwarding again: 200 after {time.monotonic() - started:.2f}s")
 
@@ -234,7 +235,8 @@ async def _storm(url: str) -> tuple[list[tuple[httpx.Response, float]],
                                     list[tuple[int, float]], list[int]]:
     """STUCK concurrent GET /v1/specs; meanwhile /healthz, on connections of its own."""
     limits = httpx.Limits(max_connections=STUCK + 10)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http, \
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits,
+                                 headers=auth_headers()) as http, \
             httpx.AsyncClient(base_url=url, timeout=60) as probe:
 
         async def timed_get() -> tuple[httpx.Response, float]:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from tests.helpers import SEED_SPEC
+from tests.helpers import SEED_SPEC, auth_headers
 
 
 def test_commit_happens_before_the_response_starts(client: Any) -> None:
@@ -39,7 +39,7 @@ def test_commit_happens_before_the_response_starts(client: Any) -> None:
     event.listen(Session, "before_flush", _flushing)
     event.listen(Session, "after_commit", _committed)
     try:
-        with TestClient(app) as c:
+        with TestClient(app, headers=auth_headers()) as c:
             order.clear()
             assert c.post("/v1/specs", json=SEED_SPEC).status_code == 201
     finally:

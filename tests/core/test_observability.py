@@ -60,6 +60,9 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             monkeypatch.delenv(key)
     monkeypatch.setenv("KJ_HOME", str(tmp_path))
     monkeypatch.setenv("KJ_QUEUE", f"kj-metrics-{secrets.token_hex(4)}")
+    # As `keras-jobs serve` on 127.0.0.1 says (TestClient's "testserver" is no loopback
+    # address): open while no key exists.
+    monkeypatch.setenv("KJ_BIND_HOST", "127.0.0.1")
     reset_caches()
     upgrade(f"sqlite:///{tmp_path / 'keras-jobs.db'}")
     yield tmp_path
