@@ -36,6 +36,8 @@ TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 RELOAD_S = 30.0
 # last_used_at is written at most this often per key per process (not a write per request).
 TOUCH_S = 60.0
+# Keys remembered as verified per process (only valid ones are; a reload forgets them all).
+MAX_VERIFIED = 10_000
 GENERATION = "keys"
 
 
@@ -141,6 +143,7 @@ class KeyTable:
         self._generation: tuple[int, int] | None = None
         self._loaded_at = 0.0
         self._touched: dict[str, float] = {}
+        self._verified: dict[str, KeyInfo] = {}
         self._lock = threading.Lock()
 
     def invalidate(self) -> None:
@@ -157,7 +160,7 @@ class KeyTable:
         keys = {r.id: KeyInfo(r.id, r.name, r.tenant, frozenset(r.scopes), r.hash,
                               r.expires_at, r.revoked_at) for r in rows}
         with self._lock:
-            self._keys, self._any = keys, bool(rows)
+            self._keys, self._any, self._verified = keys, bool(rows), {}
             self._generation, self._loaded_at = generation, time.monotonic()
 
     @property
@@ -168,17 +171,27 @@ class KeyTable:
 
     def check(self, raw: str) -> KeyInfo:
         """The key `raw` names, if it is known, not revoked and not expired; else a 401."""
-        match = KEY_PATTERN.fullmatch(raw)
-        info = self._keys.get(match[1]) if match else None
-        if info is None or not hmac.compare_digest(info.hash, key_hash(raw)):
-            raise unauthorized("The API key is not valid. Send `Authorization: Bearer <key>` "
-                               "with a key made by `keras-jobs keys create` or POST /v1/keys.")
+        info = self._verified.get(raw)
+        if info is None:
+            info = self._verify(raw)
         if info.revoked_at is not None:
             raise unauthorized(f"The API key '{info.name}' was revoked; ask an admin for a "
                                "new one.")
         if info.expires_at is not None and info.expires_at <= utcnow():
             raise unauthorized(f"The API key '{info.name}' expired at "
                                f"{info.expires_at.isoformat()}; ask an admin for a new one.")
+        return info
+
+    def _verify(self, raw: str) -> KeyInfo:
+        """The key's row, by its id and a constant-time comparison of hashes; remembered (until
+        the next reload) so the next request with it skips the HMAC."""
+        match = KEY_PATTERN.fullmatch(raw)
+        info = self._keys.get(match[1]) if match else None
+        if info is None or not hmac.compare_digest(info.hash, key_hash(raw)):
+            raise unauthorized("The API key is not valid. Send `Authorization: Bearer <key>` "
+                               "with a key made by `keras-jobs keys create` or POST /v1/keys.")
+        if len(self._verified) < MAX_VERIFIED:
+            self._verified[raw] = info
         return info
 
     def due_touch(self, key_id: str) -> bool:

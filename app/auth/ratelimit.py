@@ -1,5 +1,10 @@
 """Requests per key per minute (predict; writes): fixed one-minute windows, counted in Redis
-when Redis is the broker, so every API process shares the count; else in this process."""
+when Redis is the broker, so every API process shares the count; else in this process.
+
+With Redis, a process does not ask Redis for every request: it takes a lease of up to
+limit/LEASE_FRACTION requests (INCRBY) and spends it locally, so a busy predict key costs one
+round trip per lease, and the processes together never let more than the limit through in a
+window (a lease is cut to what is left under the limit)."""
 
 from __future__ import annotations
 
@@ -46,19 +51,40 @@ def _redis() -> Any | None:
 _local = LocalCounter()
 
 
-def _count(key: str, window: int) -> int:
-    client = _redis()
-    if client is None:
-        return _local.incr(key, window)
-    name = f"kj:rate:{key}:{window}"
-    try:
-        pipe = client.pipeline()
-        pipe.incr(name)
-        pipe.expire(name, WINDOW_S * 2)
-        return int(pipe.execute()[0])
-    except Exception as exc:  # noqa: BLE001 - a limit is not worth failing requests over
-        log.warning("rate limit not counted (Redis: %s: %s)", type(exc).__name__, exc)
-        return 0
+LEASE_FRACTION = 100
+LEASE_MAX = 1000
+
+
+class Leases:
+    def __init__(self) -> None:
+        self._left: dict[str, tuple[int, int]] = {}  # key -> (window, requests left)
+        self._lock = threading.Lock()
+
+    def take(self, key: str, window: int) -> bool:
+        with self._lock:
+            w, left = self._left.get(key, (window, 0))
+            if w != window or left <= 0:
+                return False
+            self._left[key] = (window, left - 1)
+            return True
+
+    def put(self, key: str, window: int, left: int) -> None:
+        with self._lock:
+            if len(self._left) > 10_000:
+                self._left = {k: v for k, v in self._left.items() if v[0] >= window}
+            self._left[key] = (window, left)
+
+
+_leases = Leases()
+
+
+def _refused(kind: str, count: int, limit: int, window: int, now: float) -> DomainError:
+    retry = max(1, int((window + 1) * WINDOW_S - now) + 1)
+    return DomainError(429, "Rate limit exceeded",
+                       f"This key made {count} {kind} requests this minute (limit "
+                       f"{limit} per minute); retry in {retry} s.",
+                       type="/problems/rate-limit", extra={"limit": limit, "current": count},
+                       headers={"Retry-After": str(retry)})
 
 
 def hit(key_id: str, kind: str, limit_per_min: int) -> None:
@@ -67,12 +93,26 @@ def hit(key_id: str, kind: str, limit_per_min: int) -> None:
         return
     now = time.time()
     window = int(now // WINDOW_S)
-    count = _count(f"{kind}:{key_id}", window)
-    if count > limit_per_min:
-        retry = max(1, int((window + 1) * WINDOW_S - now) + 1)
-        raise DomainError(429, "Rate limit exceeded",
-                          f"This key made {count} {kind} requests this minute (limit "
-                          f"{limit_per_min} per minute); retry in {retry} s.",
-                          type="/problems/rate-limit",
-                          extra={"limit": limit_per_min, "current": count},
-                          headers={"Retry-After": str(retry)})
+    key = f"{kind}:{key_id}"
+    client = _redis()
+    if client is None:
+        count = _local.incr(key, window)
+        if count > limit_per_min:
+            raise _refused(kind, count, limit_per_min, window, now)
+        return
+    if _leases.take(key, window):
+        return
+    size = max(1, min(LEASE_MAX, limit_per_min // LEASE_FRACTION))
+    name = f"kj:rate:{key}:{window}"
+    try:
+        pipe = client.pipeline()
+        pipe.incrby(name, size)
+        pipe.expire(name, WINDOW_S * 2)
+        total = int(pipe.execute()[0])
+    except Exception as exc:  # noqa: BLE001 - a limit is not worth failing requests over
+        log.warning("rate limit not counted (Redis: %s: %s)", type(exc).__name__, exc)
+        return
+    granted = size - max(0, total - limit_per_min)  # the part of the lease under the limit
+    if granted <= 0:
+        raise _refused(kind, total - size + 1, limit_per_min, window, now)
+    _leases.put(key, window, granted - 1)  # this request takes one

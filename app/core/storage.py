@@ -32,6 +32,7 @@ class ReceivedFile:
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._generation_paths: dict[str, str] = {}
 
     def path(self, key: str) -> Path:
         resolved = (self.root / key).resolve()
@@ -69,8 +70,13 @@ class ArtifactStore:
     # the change with one stat() per request instead of a database query.
     GENERATION_FILE = "registry.generation"
 
-    def _generation_path(self, name: str) -> Path:
-        return self.root / (self.GENERATION_FILE if name == "registry" else f"{name}.generation")
+    def _generation_path(self, name: str) -> str:
+        # A str, built once per name: generation() runs on every predict request.
+        path = self._generation_paths.get(name)
+        if path is None:
+            file = self.GENERATION_FILE if name == "registry" else f"{name}.generation"
+            path = self._generation_paths[name] = str(self.root / file)
+        return path
 
     def bump_generation(self, name: str = "registry") -> None:
         tmp = self.root / "tmp" / f".generation-{uuid.uuid4().hex}"
