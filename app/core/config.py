@@ -119,10 +119,16 @@ class Settings(BaseSettings):
     max_fit_epoch_rows: int = Field(10**10, ge=1)
     # Rows of one predict request (a larger one is a 413: use a batch prediction job).
     max_predict_rows: int = Field(65_536, ge=1)
+    # A model spec (POST /v1/specs) and a `.keras` upload's config (app/specs/limits.py): its
+    # layers and parameters (422, both counted before any weight is allocated), and the spec's
+    # compact JSON size (413).
+    max_spec_layers: int = Field(1000, ge=1)
+    max_spec_params: int = Field(100_000_000, ge=1)
+    max_spec_bytes: int = Field(1024**2, ge=1024)
     # Requests per key per minute on predict routes and on writes (POST/PUT/PATCH/DELETE),
     # counted in Redis when it is the broker (shared by every API process), else per process.
     # 0: no limit.
-    rate_limit_predict_per_min: int = Field(120_000, ge=0)
+    rate_limit_predict_per_min: int = Field(300_000, ge=0)
     rate_limit_writes_per_min: int = Field(600, ge=0)
 
     @field_validator("home", mode="after")

@@ -56,7 +56,8 @@ async def upload_version(
         received, _fields = await receive_file(request, store.model_file(staging), limit)
 
         def create() -> ModelVersion:
-            mv = upload.create(session, store, caller.owner, name, staging, received)
+            mv = upload.create(session, store, caller.owner, name, staging, received,
+                               max_bytes=limit)
             quotas.check_stored(session, caller.owner, mv.size_bytes)
             caller.audit(session, "model_version.create", f"model/{name}/{mv.version}",
                          size_bytes=mv.size_bytes)

@@ -4,10 +4,19 @@ The file is streamed into a staging folder, then checked in this order, each ref
 problem that leaves no row and no file behind:
   1. size (413) and format: HDF5 (`.h5`/`.hdf5` or HDF5's magic bytes) is refused (422 at `/file`),
      since legacy HDF5 model loading has had code-execution bugs; only the `.keras` zip is read;
-  2. its `config.json` (read with zipfile, bounded) passes check_keras_config, the same
+  2. the zip's headers (app.core.archives): only the members Keras writes (config.json,
+     metadata.json, model.weights.h5, assets/...), relative names, no links, at most
+     KJ_MAX_ARCHIVE_MEMBERS members, at most the upload limit uncompressed in all, no member
+     inflating past MAX_RATIO:1 (Keras stores members uncompressed), and every deflated member
+     inflated once in bounded chunks to prove it ends at its declared size: Keras reads the
+     weights whole into memory (and extracts every member when there are assets), so what the
+     headers declare must be what loading costs; then the HDF5 weights' metadata
+     (app.registry.keras_weights): every dataset stores the bytes it declares;
+  3. its `config.json` (read with zipfile, bounded) passes check_keras_config, the same
      allowlist imported spec configs pass, before any Keras code sees the file;
-  3. Keras loads it (`compile=False`, `safe_mode=True`) under the spec build lock;
-  4. its `compile_config`, if any, passes the same allowlist as a spec's compile block
+  4. Keras loads it (`compile=False`, `safe_mode=True`) once its layers and
+     parameters pass the spec limits (app.specs.limits);
+  5. its `compile_config`, if any, passes the same allowlist as a spec's compile block
      (evaluate jobs load versions with `compile=True`, so Keras would otherwise build it).
 Then the next version number is taken and the staging folder is published under it.
 """
@@ -22,33 +31,48 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.core.archives import check_deflated, member_pointer, open_zip
+from app.core.config import get_settings
 from app.core.errors import DomainError, FieldError, invalid
 from app.core.json_limits import MAX_DEPTH, too_deep
 from app.core.storage import ArtifactStore, ReceivedFile
 from app.registry import service as registry
+from app.registry.keras_weights import check_weights
 from app.tables import ModelVersion
 
 MAX_CONFIG_BYTES = 16 << 20
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 HDF5_SUFFIXES = (".h5", ".hdf5")
 CONFIG_NAME = "config.json"
+# What `model.save("m.keras")` writes (keras.src.saving.saving_lib, Keras 3.x): config.json,
+# metadata.json, model.weights.h5 and, for layers with assets, files under assets/.
+KERAS_MEMBERS = frozenset({CONFIG_NAME, "metadata.json", "model.weights.h5"})
+ASSETS_PREFIX = "assets/"
+# Keras stores its members (1:1) and float weights barely deflate, so a member that inflates
+# past this ratio is a bomb: a 1 MiB file declaring 1 GiB of weights would cost twice that in
+# memory. Members up to MAX_RATIO_FLOOR bytes may inflate freely (small, cheap either way).
+MAX_RATIO = 20.0
+MAX_RATIO_FLOOR = 16 << 20
 FILE_POINTER = "/file"
 CONFIG_POINTER = "/file/config.json"
 MAX_DETAIL = 1000
 
 
 def create(session: Session, store: ArtifactStore, owner: str, name: str, staging: Path,
-           upload: ReceivedFile) -> ModelVersion:
+           upload: ReceivedFile, max_bytes: int | None = None) -> ModelVersion:
     """Check the upload (received as `staging`/model.keras), then publish the staging folder as
-    version n+1 of `name`. The caller removes `staging`; a failure here publishes nothing: no
-    row, no file."""
+    version n+1 of `name`. `max_bytes` bounds the archive's members together, uncompressed
+    (None: KJ_MAX_UPLOAD_BYTES). The caller removes `staging`; a failure here publishes
+    nothing: no row, no file."""
     if upload.filename.lower().endswith(HDF5_SUFFIXES):
         raise _hdf5_refused()
     path = upload.path
     with path.open("rb") as f:
         if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
             raise _hdf5_refused()
-    config = read_config(path)
+    limit = get_settings().max_upload_bytes if max_bytes is None else max_bytes
+    config = read_config(path, limit)
+    check_weights(path, limit, FILE_POINTER)
     _load_checked(path, config)
     return registry.publish_version(session, store, owner, name, staging)
 
@@ -65,13 +89,21 @@ def _not_keras(detail: str, pointer: str = FILE_POINTER) -> DomainError:
                    [FieldError(pointer, detail)])
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """The `config.json` of a `.keras` zip, parsed; read with zipfile only, at most
+def read_config(path: Path, max_bytes: int) -> dict[str, Any]:
+    """The `config.json` of a `.keras` zip whose headers pass the checks above (`max_bytes`:
+    the members' uncompressed total), parsed; read with zipfile only, at most
     MAX_CONFIG_BYTES."""
     if not zipfile.is_zipfile(path):
         raise _not_keras("expected a `.keras` file (a zip archive); this is not a zip")
     try:
-        with zipfile.ZipFile(path) as zf:
+        zf, entries = open_zip(path, max_members=get_settings().max_archive_members,
+                               max_total_bytes=max_bytes, pointer=FILE_POINTER,
+                               max_ratio=MAX_RATIO, ratio_floor_bytes=MAX_RATIO_FLOOR)
+        with zf:
+            _check_members(entries)
+            # Keras reads members whole, which inflates all of a member's deflate data however
+            # small its declared size: make sure every one ends where it says.
+            check_deflated(path, entries, FILE_POINTER)
             try:
                 info = zf.getinfo(CONFIG_NAME)
             except KeyError:
@@ -100,16 +132,27 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def _check_members(entries: list[zipfile.ZipInfo]) -> None:
+    for entry in entries:
+        if entry.filename not in KERAS_MEMBERS and not entry.filename.startswith(ASSETS_PREFIX):
+            raise _not_keras(f"the archive holds '{entry.filename}'; a `.keras` file holds only "
+                             f"{', '.join(sorted(KERAS_MEMBERS))} and files under "
+                             f"{ASSETS_PREFIX} (save the model with model.save('m.keras'))",
+                             member_pointer(FILE_POINTER, entry.filename))
+
+
 def _load_checked(path: Path, config: dict[str, Any]) -> None:
     """Allowlist the config, then prove Keras loads the file and its compile settings pass."""
     from app.specs.builder import check_keras_config
     from app.specs.compiler import check_compile_config
-    from app.specs.service import build_lock
+    from app.specs.limits import check_config_params
+    from app.specs.service import build_slots
 
     check_keras_config(config, CONFIG_POINTER)  # before any Keras code sees the file
     import keras
 
-    with build_lock:
+    with build_slots:
+        check_config_params(config, CONFIG_POINTER)  # weightless: before any weight is loaded
         try:
             model = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:  # whatever Keras finds wrong with the file

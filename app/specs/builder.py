@@ -38,13 +38,14 @@ from app.specs.allowlist import refuse, resolve_class
 from app.specs.compiler import compile_model
 from app.specs.construct import check_kwargs, first_line, instantiate, pointer_join
 from app.specs.keras_config import check_keras_config, key_category, normalize
+from app.specs.limits import check_strings
 from app.specs.model_info import adapt_layers, describe
 
 if TYPE_CHECKING:
     import keras
 
 __all__ = ["adapt_layers", "build_compiled", "build_model", "check_keras_config",
-           "compile_model", "describe"]
+           "compile_model", "compile_spec", "describe"]
 
 SPEC_KEYS = frozenset({"name", "description", "inputs", "layers", "outputs", "compile",
                        "keras_config"})
@@ -98,10 +99,15 @@ def build_model(spec: dict[str, Any]) -> keras.Model:
 
 def build_compiled(spec: dict[str, Any]) -> keras.Model:
     model = build_model(spec)
+    compile_spec(model, spec)
+    return model
+
+
+def compile_spec(model: keras.Model, spec: dict[str, Any]) -> None:
+    """Compile `model` with the spec's `compile` block (which must be there)."""
     if "compile" not in spec:
         raise refuse("/compile", "missing 'compile' block (optimizer, loss, metrics)")
     compile_model(model, spec["compile"])
-    return model
 
 
 def _inputs(raw: Any) -> dict[str, tuple[str, tuple[int | None, ...], str]]:
@@ -238,21 +244,37 @@ def _sequential(name: str | None, inputs: dict[str, Any], layers: list[_Layer]) 
     if len(inputs) != 1:
         raise refuse("/inputs", "a sequential spec takes exactly one input; name each "
                                 "layer's `inputs` to build a graph with several")
-    # Construct all layers first, then add them: the same order of random-state use as
-    # keras.Sequential([keras.Input(...), *layers]).
+    # Construct all layers, then build once, exactly as keras.Sequential([keras.Input(...),
+    # *layers]) does (the same order of random-state use). Adding them one by one would rebuild
+    # the whole stack on every add: quadratic time, and a node per rebuild on every layer.
     objs = [_construct(layer) for layer in layers]
     (in_name, in_spec), = inputs.items()
-    model = keras.Sequential(name=name) if name else keras.Sequential()
     tensor = _input_tensor(in_name, in_spec)
-    model.add(tensor)
-    shape: Any = tensor.shape
-    for layer, obj in zip(layers, objs, strict=True):
-        try:
-            model.add(obj)  # rebuilds the graph, so a shape error surfaces on this layer
-        except Exception as exc:  # Keras raises ValueError/TypeError/NotImplementedError
-            raise _call_error(layer, exc, shape) from exc
-        shape = model.layers[-1].output.shape
+    try:
+        model = keras.Sequential([tensor, *objs], name=name)
+    except Exception as exc:  # Keras raises ValueError/TypeError from the failing layer's call
+        raise _sequential_error(layers, objs, tensor, exc) from exc
+    if not model.built:  # Keras stops building, silently, at a layer that cannot infer shapes
+        raise _sequential_error(layers, objs, tensor, None)
     return model
+
+
+def _sequential_error(layers: list[_Layer], objs: list[Any], tensor: Any,
+                      exc: Exception | None) -> Exception:
+    """The error of the first layer the build did not get through (each layer it got through
+    holds the node of that call), said at that layer with the shape it was given."""
+    shape = tensor.shape
+    for layer, obj in zip(layers, objs, strict=True):
+        nodes = obj._inbound_nodes
+        if not nodes:
+            if exc is None:
+                return refuse(layer.pointer, f"layers/{layer.index} ({layer.type_name}) cannot "
+                                             f"infer its output shape from input shape {shape}")
+            return _call_error(layer, exc, shape)
+        shape = nodes[-1].outputs[0].shape
+    if exc is None:  # pragma: no cover - Keras built every layer but not the model
+        return refuse("/layers", "cannot assemble the model")
+    return refuse("/layers", f"cannot assemble the model: {first_line(exc)}")
 
 
 def _graph(name: str | None, inputs: dict[str, Any], layers: list[_Layer],
@@ -327,6 +349,7 @@ def _import(raw: Any) -> keras.Model:
         except json.JSONDecodeError as exc:
             raise refuse("/keras_config", f"not valid JSON: {exc}") from exc
         check_storable(raw, "/keras_config")  # NaN inside the string (the body held none)
+        check_strings(raw, "/keras_config")
     check_keras_config(raw, "/keras_config")
     # A deep copy: Keras's functional deserialization empties the config it is given, and this
     # one is the stored spec (a fit job rebuilding it would find nothing to revive).

@@ -79,7 +79,7 @@ def _object(category: Category, value: Any, pointer: str) -> Any:
     return instantiate(cls, checked["config"], cfg_ptr, category)
 
 
-def _ctor(cls: type[Any]) -> tuple[set[str], set[str]]:
+def _ctor(cls: type[Any]) -> tuple[frozenset[str], frozenset[str]]:
     from app.specs.construct import constructor_params
 
     return constructor_params(cls)

@@ -18,8 +18,19 @@ def pointer_join(pointer: str, key: str | int) -> str:
     return f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}"
 
 
-def constructor_params(cls: type[Any]) -> tuple[set[str], set[str]]:
+# Per allowlisted class: inspect.signature over the MRO was a large part of checking a layer.
+_PARAMS: dict[type[Any], tuple[frozenset[str], frozenset[str]]] = {}
+
+
+def constructor_params(cls: type[Any]) -> tuple[frozenset[str], frozenset[str]]:
     """(accepted, required) keyword names of cls(...), following **kwargs up the MRO."""
+    params = _PARAMS.get(cls)
+    if params is None:
+        params = _PARAMS[cls] = _constructor_params(cls)
+    return params
+
+
+def _constructor_params(cls: type[Any]) -> tuple[frozenset[str], frozenset[str]]:
     accepted: set[str] = set()
     required: set[str] = set()
     for klass in cls.__mro__:
@@ -35,7 +46,7 @@ def constructor_params(cls: type[Any]) -> tuple[set[str], set[str]]:
                 required.add(p.name)
         if klass.__name__ in _STOP_BASES or not any(p.kind == p.VAR_KEYWORD for p in params):
             break
-    return accepted, required
+    return frozenset(accepted), frozenset(required)
 
 
 def check_kwargs(cls: type[Any], kwargs: dict[str, Any], pointer: str, what: str) -> None:
@@ -71,6 +82,9 @@ _CALL_WRAPPER_RE = re.compile(r"^Exception encountered when calling [\w.]+\(\)\.
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
+    if isinstance(exc, RecursionError):  # Keras follows a model's graph one call per layer
+        return ("its layers are chained too deep for Keras, which follows a chain of layers "
+                "recursively and gives up near 1,000 in a row; use fewer layers in a row")
     text = " ".join(_ANSI_RE.sub("", str(exc)).split())
     # from_config wraps the real cause after this marker, behind a dump of the whole config.
     text = text.rsplit("Exception encountered: ", 1)[-1]

@@ -11,6 +11,11 @@ Two modes share one walker:
 In both modes `module` must be the Keras namespace of that class and `registered_name` must be
 absent/null or the class name itself: either one pointing elsewhere would make Keras import
 or look up something outside the allowlist.
+
+Import mode walks every key Keras reads, not only `config`: a functional model's layers carry
+`inbound_nodes`, whose call `args` and `kwargs` Keras deserializes too (any `{"class_name"}`
+object there becomes a live object), so they pass the same check. Before walking, the number of
+layers is checked against KJ_MAX_SPEC_LAYERS (app.specs.limits).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from app.specs.allowlist import (
     resolve_string,
 )
 from app.specs.construct import pointer_join
+from app.specs.limits import check_layer_count, count_layers
 
 _OBJECT_KEYS = frozenset({"class_name", "config", "module", "registered_name"})
 # Extra keys the serializer writes around layers/models inside a model config.
@@ -75,6 +81,7 @@ def check_keras_config(config: dict[str, Any], pointer: str) -> None:
     if category_of(str(config["class_name"]), ("model",)) is None:
         raise refuse(pointer_join(pointer, "class_name"),
                      f"expected a model (Functional or Sequential), got {config['class_name']!r}")
+    check_layer_count(count_layers(config.get("config")), pointer)
     _walk(config, pointer, None, spec=False)
 
 
@@ -84,7 +91,9 @@ def _walk(value: Any, pointer: str, expected: Category | None, spec: bool) -> An
     if isinstance(value, str):
         if expected in _STRING_CATEGORIES:
             resolve_string(expected, value, pointer)  # type: ignore[arg-type]
-        elif spec and expected in ("layer", "cell", "schedule"):
+        elif expected in ("layer", "cell") or (spec and expected == "schedule"):
+            # Keras would look a bare name up among its layer classes and hand over the
+            # class itself; a saved config always holds the layer object here.
             raise refuse(pointer, f"expected a {NOUNS[expected]} object "  # type: ignore[index]
                                   '{"class_name": ..., "config": {...}}, got a string')
         return value
@@ -134,9 +143,10 @@ def _object(value: dict[str, Any], pointer: str, expected: Category | None,
     checked = {k: _walk(v, pointer_join(cfg_ptr, k), key_category(k, category), spec)
                for k, v in config.items()}
     if not spec:
-        for key in ("compile_config", "build_config"):
-            if key in value:
-                _walk(value[key], pointer_join(pointer, key), None, spec)
+        # Every other key Keras reads: inbound_nodes (call args and kwargs, deserialized as
+        # objects), build_config, compile_config, name, shared_object_id.
+        for key in [k for k in value if k in _IMPORT_KEYS]:
+            _walk(value[key], pointer_join(pointer, key), None, spec)
         return value
     return {"module": MODULES[category][0], "class_name": name, "config": checked,
             "registered_name": None}

@@ -1,5 +1,12 @@
 """Specs: validate a user's JSON, build (and compile) the Keras model once to prove it works,
-store the spec with its canonical Keras config and summary."""
+store the spec with its canonical Keras config and summary.
+
+The model is built without weights (app.specs.limits.weightless): the API only needs its
+config, shapes and parameter count, and a spec asking for billions of parameters is refused
+before any memory is spent on them. Builds run side by side: Keras keeps its building state
+(name counters, the current scope, deferred variables) per thread, so one large spec does not
+make a small one wait; BUILD_SLOTS bounds how many run at once per process.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +26,11 @@ from app.tables import Spec
 # built model's config, which the keras_config column cannot store.
 FLOAT32_MAX = 3.4028234663852886e38
 
-# Building touches Keras's process-wide state (name counters, the default seed generator); one
-# build at a time keeps concurrent requests from interleaving there.
-build_lock = threading.Lock()
+# Model builds (specs, and `.keras` uploads loading their weights) running at once per process:
+# each is bounded by the spec limits, and this bounds their sum in CPU and memory.
+BUILD_SLOTS = 4
+build_slots = threading.BoundedSemaphore(BUILD_SLOTS)
+
 
 
 def create(session: Session, owner: str, body: dict[str, Any]) -> Spec:
@@ -32,10 +41,15 @@ def create(session: Session, owner: str, body: dict[str, Any]) -> Spec:
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise invalid("A spec needs a name.", [FieldError("/name", "a non-empty string of at "
                                                           "most 200 characters is required")])
-    from app.specs.builder import build_compiled, describe
+    from app.specs.builder import build_model, compile_spec, describe
+    from app.specs.limits import check_param_count, check_spec_request, weightless
 
-    with build_lock:
-        model = build_compiled(body)
+    check_spec_request(body)  # size, strings and layers, on the JSON
+    with build_slots:
+        with weightless():
+            model = build_model(body)
+        check_param_count(model, "/keras_config" if "keras_config" in body else "/layers")
+        compile_spec(model, body)  # an optimizer's few scalars are real variables: outside
         keras_config = json.loads(model.to_json())
         summary = describe(model)
     _check_built(keras_config, summary)
