@@ -25,7 +25,7 @@ def _staging(root: Path, name: str, age_s: float) -> Path:
     return folder
 
 
-def test_api_start_removes_stale_upload_staging(service_env: dict[str, str],
+def test_api_start_removes_stale_upload_staging(client: Any, service_env: dict[str, str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
@@ -36,22 +36,49 @@ def test_api_start_removes_stale_upload_staging(service_env: dict[str, str],
     receiving = _staging(root, uuid.uuid4().hex, age_s=7200)
     (receiving / "upload.bin").write_bytes(b"still arriving")  # written to just now
     fresh = _staging(root, uuid.uuid4().hex, age_s=5)
-    job = _staging(root, f"job_{uuid.uuid4().hex[:16]}.{uuid.uuid4().hex}", age_s=7200)
+    # A queued job's (a session worker's sweep removes the folders of jobs that do not exist).
+    job_id = _queued_job()
+    job = _staging(root, f"{job_id}.{uuid.uuid4().hex}", age_s=7200)
     monkeypatch.setenv("KJ_STAGING_MAX_AGE_S", "3600")
     reset_caches()
     try:
         with TestClient(create_app()) as http:
             assert http.get("/healthz").status_code == 200
+        assert not killed.exists()
+        assert receiving.exists() and fresh.exists() and job.exists()
     finally:
         monkeypatch.undo()
         reset_caches()
-    assert not killed.exists()
-    assert receiving.exists() and fresh.exists() and job.exists()
-    for folder in (receiving, fresh, job):
-        _remove(folder)
+        for folder in (killed, receiving, fresh, job):
+            _remove(folder)
+        _delete_job(job_id)
+
+
+def _queued_job() -> str:
+    from app.core.db import session_scope
+    from app.tables import Job, JobStatus, JobType
+    from app.tables.base import utcnow
+
+    with session_scope() as s:
+        # dispatched just now: no sweep sends it within the test
+        job = Job(owner="stale-staging", type=JobType.fit, status=JobStatus.queued, params={},
+                  dispatched_at=utcnow(), dispatch_count=1)
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def _delete_job(job_id: str) -> None:
+    from sqlalchemy import delete
+
+    from app.core.db import session_scope
+    from app.tables import Job
+
+    with session_scope() as s:
+        s.execute(delete(Job).where(Job.id == job_id))
 
 
 def _remove(folder: Any) -> None:
     import shutil
 
-    shutil.rmtree(folder)
+    shutil.rmtree(folder, ignore_errors=True)
