@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--tenant", required=True)
     create.add_argument("--name", required=True)
     create.add_argument("--scopes", default="read,write,predict",
-                        help="comma-separated: read, write, predict, admin")
+                        help="comma-separated: read, write, predict, admin (its own tenant), "
+                        "operator (every tenant)")
     create.add_argument("--expires-in-days", type=float, default=None)
     listing = keys_sub.add_parser("list", help="every key (never the key itself)")
     listing.add_argument("--tenant", default=None)

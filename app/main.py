@@ -98,7 +98,7 @@ def create_app() -> FastAPI:
 
     @app.get("/readyz", tags=["health"], responses={
         **problems.responses(503),
-        200: {"description": "Ready: the checks, and the models loaded"}})
+        200: {"description": "Ready: the checks, and how many model versions are loaded"}})
     def readyz() -> Any:
         checks: dict[str, str] = {}
         settings = get_settings()
@@ -113,12 +113,13 @@ def create_app() -> FastAPI:
                 checks[name] = f"error: {redact(str(exc), secrets)}"
         serving = get_serving()
         checks["serving"] = "ok" if serving.ready.is_set() else "starting"
-        loaded = [f"{m.name}/{m.version}" for m in serving.cache.loaded()]
+        # Public: a count only, never whose models (names belong to their tenants).
+        loaded = len(serving.cache.loaded())
         if any(v != "ok" for v in checks.values()):
             return problems.problem(503, "Not ready", "Some dependencies are unreachable, or "
                                     "the models to serve are still loading.", "/readyz",
-                                    extra={"checks": checks, "loaded_models": loaded})
-        return {"status": "ready", "checks": checks, "loaded_models": loaded}
+                                    extra={"checks": checks, "loaded_model_count": loaded})
+        return {"status": "ready", "checks": checks, "loaded_model_count": loaded}
 
     return app
 
@@ -129,7 +130,7 @@ def _document_problems(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = document_security(
-                problems.add_problem_schemas(FastAPI.openapi(app)))
+                problems.add_problem_schemas(FastAPI.openapi(app)), app.routes)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

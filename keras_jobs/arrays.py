@@ -19,7 +19,7 @@ import numpy as np
 Array = np.ndarray[Any, Any]
 Selector = str | dict[str, str]
 # The service's array names (app/datasets/ingest.py accepts these as .npz members).
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")  # fullmatch: no "x\n"
 
 
 def named_arrays(role: str, value: Any, names: Sequence[str] = ()) -> tuple[dict[str, Array],
@@ -39,7 +39,7 @@ def named_arrays(role: str, value: Any, names: Sequence[str] = ()) -> tuple[dict
     selector: dict[str, str] = {}
     for i, (key, array) in enumerate(items):
         member = f"{role}.{key}"
-        if not _NAME_RE.match(member) or member in arrays:
+        if not _NAME_RE.fullmatch(member) or member in arrays:
             member = f"{role}.{i}"  # a name the service would refuse as an array name
         arrays[member] = np.asarray(array)
         selector[key] = member

@@ -72,9 +72,9 @@ def client(service_env: dict[str, str]) -> Iterator[Any]:
     from app.main import create_app
 
     with TestClient(create_app()) as c:  # lifespan runs the migrations
-        # An admin key of the "local" tenant for every request of the suite; live servers and
+        # An operator key (of the "local" tenant) for every request of the suite; live servers and
         # the notebook client find it in KJ_API_KEY.
-        key = make_key("local", "suite-admin", ["admin"])
+        key = make_key("local", "suite-admin", ["operator"])
         c.headers["Authorization"] = f"Bearer {key}"
         os.environ["KJ_API_KEY"] = key
         yield c

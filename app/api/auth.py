@@ -2,22 +2,27 @@
 valid key (or the scope its route needs) is answered here, before its body is read.
 
 A pure-ASGI middleware (inside RequestId, outside the predict fast path), so predict requests
-are checked the same way at the cost of a header scan, a stat() and a dict lookup."""
+are checked the same way at the cost of a header scan, a stat() and two dict lookups. What a
+request needs comes from the route it matches (app.api.route_access), and a path holding a
+control character is a 400 before any of it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 from fastapi.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import problems
 from app.api.deps import CALLER_STATE, OPEN_CALLER, Caller
+from app.api.route_access import CONTROL, access_of, found_route
 from app.auth import ratelimit
-from app.auth.access import needed_scopes, open_without_keys, rate_kind
+from app.auth.access import Access, open_without_keys
 from app.auth.keys import KEYS, touch, unauthorized
 from app.core.config import get_settings
-from app.core.errors import DomainError
+from app.core.errors import DomainError, FieldError, bad_request
 
 # Answered for anyone: health, the OpenAPI document and its page, and the dashboard's static
 # pages (they hold no data; their scripts call the API with the key the user gives them).
@@ -30,11 +35,11 @@ def is_public(path: str) -> bool:
     return path in PUBLIC or path.startswith(PUBLIC_PREFIXES)
 
 
-async def authenticate(method: str, path: str, authorization: str | None,
+async def authenticate(method: str, path: str, access: Access, authorization: str | None,
                        server: tuple[str, int] | None) -> Caller:
     """The caller, from the `Authorization: Bearer` header: 401 without a valid key, 403
-    without the scope `path` needs, 429 past the key's rate limit. No database query unless
-    the keys changed."""
+    without the scope the request's route needs (`access`), 429 past the key's rate limit. No
+    database query unless the keys changed."""
     settings = get_settings()
     if settings.auth == "off":
         return OPEN_CALLER
@@ -50,13 +55,12 @@ async def authenticate(method: str, path: str, authorization: str | None,
     if scheme.lower() != "bearer" or not raw.strip():
         raise unauthorized("Send the API key as `Authorization: Bearer <key>`.")
     info = KEYS.check(raw.strip())
-    needed = needed_scopes(method, path)
-    if "admin" not in info.scopes and not needed & info.scopes:
+    if not access.allows(info.scopes):
         raise DomainError(403, "Forbidden", f"The key '{info.name}' has the scopes "
                           f"{', '.join(sorted(info.scopes))}; {method} {path} needs "
-                          f"{' or '.join(sorted(needed))}. Ask an admin for a key with it.",
-                          type="/problems/forbidden")
-    kind = rate_kind(method, path)
+                          f"{' or '.join(sorted(access.scopes))}. Ask an admin for a key "
+                          "with it.", type="/problems/forbidden")
+    kind = access.rate
     if kind is not None:
         limit = (settings.rate_limit_predict_per_min if kind == "predict"
                  else settings.rate_limit_writes_per_min)
@@ -71,7 +75,15 @@ class Authenticate:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_public(scope["path"]):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if CONTROL.search(path):
+            await problems.domain_problem(_control_character(path), quote(path))(
+                scope, receive, send)
+            return
+        if is_public(path):
             await self.app(scope, receive, send)
             return
         authorization = None
@@ -80,8 +92,8 @@ class Authenticate:
                 authorization = value.decode("latin-1")
                 break
         try:
-            caller = await authenticate(scope["method"], scope["path"], authorization,
-                                        scope.get("server"))
+            caller = await authenticate(scope["method"], path, found_route(scope).access,
+                                        authorization, scope.get("server"))
         except DomainError as exc:
             await problems.domain_problem(exc, scope["path"])(scope, receive, send)
             return
@@ -89,9 +101,19 @@ class Authenticate:
         await self.app(scope, receive, send)
 
 
-def document_security(openapi: dict[str, Any]) -> dict[str, Any]:
+def _control_character(path: str) -> DomainError:
+    at = CONTROL.search(path)
+    where = at.start() if at else 0
+    return bad_request("The request path holds a control character, which no route or name "
+                       "accepts; send the path without it (a trailing %0A, %0D or %00 is one).",
+                       [FieldError("/path", f"{path[where]!r} at character {where}")])
+
+
+def document_security(openapi: dict[str, Any], routes: Iterable[Any]) -> dict[str, Any]:
     """The bearer scheme in the OpenAPI document, and on every non-public operation its 401,
-    403 and (for writes and predict) 429 answers."""
+    403 and (for writes and predict) 429 answers, and the scopes it needs."""
+    needs = {(getattr(r, "path", None), m): access_of(r, m)
+             for r in routes for m in getattr(r, "methods", None) or ()}
     openapi.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
         "type": "http", "scheme": "bearer",
         "description": "An API key: `keras-jobs keys create` or POST /v1/keys"}
@@ -100,9 +122,12 @@ def document_security(openapi: dict[str, Any]) -> dict[str, Any]:
             continue
         for method, operation in operations.items():
             operation["security"] = [{"bearer": []}]
+            access = needs.get((path, method.upper()))
             statuses = [401, 403]
-            if rate_kind(method.upper(), path) is not None:
-                statuses.append(429)
+            if access is not None:
+                operation["x-scopes"] = sorted(access.scopes)
+                if access.rate is not None:
+                    statuses.append(429)
             for status, response in problems.responses(*statuses).items():
                 operation.setdefault("responses", {}).setdefault(str(status), response)
     return openapi

@@ -31,6 +31,14 @@ class Caller:
     def actor(self) -> str:
         return self.key_name or LOCAL_TENANT
 
+    @property
+    def is_operator(self) -> bool:
+        """Whether it may manage every tenant (an `admin` key manages its own only)."""
+        return "operator" in self.scopes
+
+    def manages(self, tenant: str) -> bool:
+        return self.is_operator or tenant == self.owner
+
     def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
         audit.record(session, tenant=self.owner, actor=self.actor, action=action, target=target,
                      **detail)

@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from sqlalchemy import func, select, text
 
+from app.auth.access import OPERATOR_READ, requires
 from app.core.broker import PRIORITY_STEPS, REDIS_PRIORITY_SEP
 from app.core.config import get_settings
 from app.core.db import get_engine
@@ -29,6 +30,7 @@ QUERY_TIMEOUT_S = 2.0
 
 
 @router.get("/metrics", include_in_schema=False)
+@requires(OPERATOR_READ)
 def metrics() -> Response:
     """Sync: runs on the thread pool (file reads, a query, a broker round trip). The classic
     text format (0.0.4), which every Prometheus reads, as prometheus_client's own server

@@ -1,50 +1,87 @@
 """Which scope a route needs, and when the service is open (no key needed).
 
-Scopes: `read` (GET), `write` (every other method), `predict` (`:predict`, `/infer`; model
-status and metadata may be read with it too), `admin` (keys, quotas, audit, /metrics; an admin
-key may do everything). Routes that name no caller (health, /docs, the dashboard's static pages)
-are public."""
+A route declares what it needs with `@requires(...)` beside its decorator; a route that
+declares nothing needs `read` (GET, HEAD) or `write` (any other method). The middleware finds
+the declaration through the route the request matches in the app's own route table
+(app.api.route_access), never from how the path is spelled.
+
+Scopes: `read`, `write`, `predict` (`:predict`, `/infer`; model status and metadata may be read
+with it too), `admin` (everything within its own tenant, its keys, quotas and audit log
+included) and `operator` (an admin of every tenant: other tenants' keys, quotas and audit log,
+/metrics). Routes that name no caller (health, /docs, the dashboard's static pages) are
+public."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 from app.core.config import get_settings
 
-ALL_SCOPES = frozenset({"read", "write", "predict", "admin"})
-ADMIN_PREFIXES = ("/v1/keys", "/v1/audit", "/v1/tenants", "/metrics")
-PREDICT_SUFFIXES = (":predict", ":classify", ":regress", "/infer")
+SCOPES = ("read", "write", "predict", "admin", "operator")
+ALL_SCOPES = frozenset(SCOPES)
 READ_METHODS = ("GET", "HEAD")
 # The local tenant: every row's owner while the service runs open.
 LOCAL_TENANT = "local"
 
-
-def needed_scopes(method: str, path: str) -> frozenset[str]:
-    """Any one of these lets a request through (`admin` always does)."""
-    if path.startswith(ADMIN_PREFIXES):
-        return frozenset({"admin"})
-    if path.endswith(PREDICT_SUFFIXES):
-        return frozenset({"predict"})
-    if method in READ_METHODS:
-        if _model_status(path):
-            return frozenset({"read", "predict"})
-        return frozenset({"read"})
-    return frozenset({"write"})
+RateKind = Literal["predict", "write"]
 
 
-def _model_status(path: str) -> bool:
-    """TF Serving's model status and metadata, and OIP's model metadata and readiness: what a
-    client that only predicts asks before it does."""
-    return path.startswith("/v2/models/") or (
-        path.startswith("/v1/models/") and not path.endswith(("/download", "/serving"))
-        and ("/metadata" in path or path.count("/") <= 5))
+@dataclass(frozen=True)
+class Access:
+    """What a route needs: any one of `scopes`, and the rate limit its requests count against
+    (None: not limited, as reads are)."""
+
+    scopes: frozenset[str]
+    rate: RateKind | None
+
+    def allows(self, held: frozenset[str]) -> bool:
+        """`operator` lets everything through; `admin` everything but operator routes (whose
+        handlers, like every handler, act within the caller's tenant)."""
+        if "operator" in held:
+            return True
+        if "admin" in held:
+            return "operator" not in self.scopes
+        return bool(self.scopes & held)
 
 
-def rate_kind(method: str, path: str) -> str | None:
-    """The rate limit a request counts against: predict, writes, or none (reads)."""
-    if path.endswith(PREDICT_SUFFIXES):
-        return "predict"
-    return None if method in READ_METHODS else "write"
+READ = Access(frozenset({"read"}), None)
+WRITE = Access(frozenset({"write"}), "write")
+PREDICT = Access(frozenset({"predict"}), "predict")
+# TF Serving's model status and metadata, OIP's model metadata and readiness: what a client
+# that only predicts asks before it does.
+MODEL_STATUS = Access(frozenset({"read", "predict"}), None)
+ADMIN_READ = Access(frozenset({"admin"}), None)
+ADMIN_WRITE = Access(frozenset({"admin"}), "write")
+OPERATOR_READ = Access(frozenset({"operator"}), None)
+OPERATOR_WRITE = Access(frozenset({"operator"}), "write")
+
+# The attribute `requires` sets on a route's endpoint.
+ACCESS_ATTR = "__kj_access__"
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def requires(access: Access) -> Callable[[F], F]:
+    """Declares what the route needs, under its `@router.<method>(...)` decorator."""
+
+    def mark(endpoint: F) -> F:
+        setattr(endpoint, ACCESS_ATTR, access)
+        return endpoint
+
+    return mark
+
+
+def default_access(method: str) -> Access:
+    """A route that declares nothing (and a path no route matches): reads need `read`, every
+    other method `write`."""
+    return READ if method in READ_METHODS else WRITE
+
+
+def declared_access(endpoint: object) -> Access | None:
+    access = getattr(endpoint, ACCESS_ATTR, None)
+    return access if isinstance(access, Access) else None
 
 
 def is_loopback(host: str | None) -> bool:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.auth.access import SCOPES
 from app.core.config import get_settings
 from app.core.db import on_commit, session_scope
 from app.core.errors import DomainError, FieldError, conflict, invalid, not_found
@@ -26,7 +27,6 @@ from app.core.storage import get_store
 from app.tables import ApiKey
 from app.tables.base import utcnow
 
-SCOPES = ("read", "write", "predict", "admin")
 KEY_PATTERN = re.compile(r"kj_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -100,8 +100,12 @@ def list_(session: Session, tenant: str | None = None) -> list[ApiKey]:
     return list(session.scalars(query))
 
 
+def find(session: Session, name: str) -> ApiKey | None:
+    return session.scalars(select(ApiKey).where(ApiKey.name == name)).first()
+
+
 def revoke(session: Session, name: str) -> ApiKey:
-    row = session.scalars(select(ApiKey).where(ApiKey.name == name)).first()
+    row = find(session, name)
     if row is None:
         raise not_found("API key", name)
     if row.revoked_at is None:

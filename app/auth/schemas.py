@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.auth.access import SCOPES
 from app.auth.keys import NAME_PATTERN, TENANT_PATTERN
 
 KeyNameParam = Annotated[str, Path(pattern=f"^{NAME_PATTERN.pattern}$")]
@@ -18,7 +19,7 @@ class KeyCreate(BaseModel):
     name: str = Field(max_length=100)
     tenant: str | None = Field(None, max_length=63, description="default: the caller's tenant")
     scopes: list[str] = Field(default_factory=lambda: ["read", "write", "predict"],
-                              max_length=4)
+                              max_length=len(SCOPES))
     expires_in_days: float | None = Field(None, gt=0, le=36500)
 
 

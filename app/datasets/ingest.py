@@ -25,7 +25,8 @@ from app.core.archives import open_zip
 from app.core.config import get_settings
 from app.core.errors import DomainError, FieldError, bad_request, invalid, unsupported_media
 
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+# Whole names only (fullmatch): `^...$` with `match` took "x\n".
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 CSV_CHUNK_ROWS = 65536
@@ -157,7 +158,7 @@ def _ingest_npz(src: Path, dest: Path, max_bytes: int, max_members: int) -> None
         for member in members:
             name = member.filename.removesuffix(".npy")
             pointer = f"/file/{name}"
-            if not member.filename.endswith(".npy") or not NAME_RE.match(name):
+            if not member.filename.endswith(".npy") or not NAME_RE.fullmatch(name):
                 raise invalid(
                     f"Array name {member.filename!r} is not accepted.",
                     [FieldError(pointer, "names must be letters, digits, '_', '.', '-' "
@@ -183,7 +184,7 @@ def _csv_rows(src: Path, max_columns: int | None) -> tuple[list[str], Iterator[l
                       "array instead.",
                       [FieldError("/file/columns", f"at most {max_columns} columns")])
     for i, name in enumerate(header):
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise invalid(f"CSV column name {name!r} is not accepted.",
                           [FieldError(f"/file/columns/{i}", "column names must be letters, "
                                       "digits, '_', '.', '-', starting with a letter or '_'")])

@@ -21,6 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import problems
 from app.api.deps import CALLER_STATE, Caller, CallerDep, SessionDep
+from app.api.route_access import found_route
+from app.auth.access import MODEL_STATUS, PREDICT, requires
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.errors import DomainError, bad_request
@@ -39,9 +41,9 @@ from app.predict.service import (
 from app.predict.signature import TensorInfo
 from app.registry import service as registry
 from app.registry.schemas import (
-    LABEL_PATTERN,
+    LABEL_NAME,
     MAX_VERSION,
-    MODEL_NAME_PATTERN,
+    MODEL_NAME,
     LabelParam,
     LabelRead,
     LabelSet,
@@ -153,6 +155,7 @@ def _decode_json(raw: bytes, inputs: list[TensorInfo]) -> tuple[list[np.ndarray]
 
 @router.post("/v1/models/{name}:predict", openapi_extra=PREDICT_OPENAPI,
              responses=TOO_LARGE_OR_WRONG_TYPE)
+@requires(PREDICT)
 async def predict_latest(caller: CallerDep, name: NameParam, request: Request) -> Response:
     """TensorFlow Serving's predict: rows `{"instances": [...]}` → `{"predictions": ...}`,
     columns `{"inputs": ...}` → `{"outputs": ...}`; or a `.npy`/`.npz` body
@@ -162,6 +165,7 @@ async def predict_latest(caller: CallerDep, name: NameParam, request: Request) -
 
 @router.post("/v1/models/{name}/versions/{version}:predict", openapi_extra=PREDICT_OPENAPI,
              responses=TOO_LARGE_OR_WRONG_TYPE)
+@requires(PREDICT)
 async def predict_version(caller: CallerDep, name: NameParam, version: VersionParam,
                           request: Request) -> Response:
     return await _predict(request.stream(), request.headers,
@@ -170,6 +174,7 @@ async def predict_version(caller: CallerDep, name: NameParam, version: VersionPa
 
 @router.post("/v1/models/{name}/labels/{label}:predict", openapi_extra=PREDICT_OPENAPI,
              responses=TOO_LARGE_OR_WRONG_TYPE)
+@requires(PREDICT)
 async def predict_label(caller: CallerDep, name: NameParam, label: LabelParam,
                         request: Request) -> Response:
     return await _predict(request.stream(), request.headers, Ref(caller.owner, name, label=label))
@@ -183,6 +188,7 @@ def _unsupported(method: str) -> None:
 @router.post("/v1/models/{name}:classify", status_code=400)
 @router.post("/v1/models/{name}/versions/{version}:classify", status_code=400)
 @router.post("/v1/models/{name}/labels/{label}:classify", status_code=400)
+@requires(PREDICT)
 async def classify(name: NameParam) -> None:
     """Refused: Keras models have no classification signature."""
     _unsupported("classify")
@@ -191,6 +197,7 @@ async def classify(name: NameParam) -> None:
 @router.post("/v1/models/{name}:regress", status_code=400)
 @router.post("/v1/models/{name}/versions/{version}:regress", status_code=400)
 @router.post("/v1/models/{name}/labels/{label}:regress", status_code=400)
+@requires(PREDICT)
 async def regress(name: NameParam) -> None:
     """Refused: Keras models have no regression signature."""
     _unsupported("regress")
@@ -223,18 +230,21 @@ def _model_read(session: Any, owner: str, name: str, version: int | None) -> Mod
 
 
 @router.get("/v1/models/{name}", response_model=ModelRead, tags=["models"])
+@requires(MODEL_STATUS)
 def get_model(caller: CallerDep, session: SessionDep, name: NameParam) -> ModelRead:
     """A model's versions (newest first), labels, and TF Serving's `model_version_status`."""
     return _model_read(session, caller.owner, name, None)
 
 
 @router.get("/v1/models/{name}/versions/{version}", response_model=ModelRead, tags=["models"])
+@requires(MODEL_STATUS)
 def get_model_version(caller: CallerDep, session: SessionDep, name: NameParam,
                       version: VersionParam) -> ModelRead:
     return _model_read(session, caller.owner, name, version)
 
 
 @router.get("/v1/models/{name}/labels/{label}", response_model=ModelRead, tags=["models"])
+@requires(MODEL_STATUS)
 def get_model_label(caller: CallerDep, session: SessionDep, name: NameParam,
                     label: LabelParam) -> ModelRead:
     """The version `label` points at, with its TF Serving status."""
@@ -249,18 +259,21 @@ def _metadata(model: LoadedModel) -> dict[str, Any]:
 
 
 @router.get("/v1/models/{name}/metadata")
+@requires(MODEL_STATUS)
 async def get_metadata(caller: CallerDep, name: NameParam) -> dict[str, Any]:
     """Input and output names, shapes and dtypes of the latest version."""
     return _metadata(await loaded_model(Ref(caller.owner, name)))
 
 
 @router.get("/v1/models/{name}/versions/{version}/metadata")
+@requires(MODEL_STATUS)
 async def get_version_metadata(caller: CallerDep, name: NameParam,
                                version: VersionParam) -> dict[str, Any]:
     return _metadata(await loaded_model(Ref(caller.owner, name, version=version)))
 
 
 @router.get("/v1/models/{name}/labels/{label}/metadata")
+@requires(MODEL_STATUS)
 async def get_label_metadata(caller: CallerDep, name: NameParam,
                              label: LabelParam) -> dict[str, Any]:
     return _metadata(await loaded_model(Ref(caller.owner, name, label=label)))
@@ -291,6 +304,7 @@ async def put_label(caller: CallerDep, name: NameParam, label: LabelParam,
                     body: LabelSet) -> LabelRead:
     """Point `label` at a version. The version is loaded and warmed in this process first; if
     it cannot be loaded the label stays where it was (422 with the reason)."""
+    registry.check_label(label)  # before any load
     try:
         await loaded_model(Ref(caller.owner, name, version=body.version))
     except DomainError as exc:
@@ -352,11 +366,13 @@ async def _v2_metadata(ref: Ref) -> dict[str, Any]:
 
 
 @router.get("/v2/models/{name}", tags=["v2"])
+@requires(MODEL_STATUS)
 async def v2_model(caller: CallerDep, name: NameParam) -> dict[str, Any]:
     return await _v2_metadata(Ref(caller.owner, name))
 
 
 @router.get("/v2/models/{name}/versions/{version}", tags=["v2"])
+@requires(MODEL_STATUS)
 async def v2_model_version(caller: CallerDep, name: NameParam,
                            version: VersionParam) -> dict[str, Any]:
     return await _v2_metadata(Ref(caller.owner, name, version=version))
@@ -368,11 +384,13 @@ async def _v2_ready(ref: Ref) -> dict[str, Any]:
 
 
 @router.get("/v2/models/{name}/ready", tags=["v2"])
+@requires(MODEL_STATUS)
 async def v2_model_ready(caller: CallerDep, name: NameParam) -> dict[str, Any]:
     return await _v2_ready(Ref(caller.owner, name))
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"])
+@requires(MODEL_STATUS)
 async def v2_model_version_ready(caller: CallerDep, name: NameParam,
                                  version: VersionParam) -> dict[str, Any]:
     return await _v2_ready(Ref(caller.owner, name, version=version))
@@ -394,6 +412,7 @@ async def _infer(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> Re
 
 @router.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra=INFER_OPENAPI,
              responses=TOO_LARGE_OR_WRONG_TYPE)
+@requires(PREDICT)
 async def v2_infer(caller: CallerDep, name: NameParam, request: Request) -> Response:
     """Inference in the Open Inference Protocol v2 (JSON, or its binary tensor extension)."""
     return await _infer(request.stream(), request.headers, Ref(caller.owner, name))
@@ -401,6 +420,7 @@ async def v2_infer(caller: CallerDep, name: NameParam, request: Request) -> Resp
 
 @router.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"],
              openapi_extra=INFER_OPENAPI, responses=TOO_LARGE_OR_WRONG_TYPE)
+@requires(PREDICT)
 async def v2_infer_version(caller: CallerDep, name: NameParam, version: VersionParam,
                            request: Request) -> Response:
     return await _infer(request.stream(), request.headers, Ref(caller.owner, name, version=version))
@@ -408,21 +428,20 @@ async def v2_infer_version(caller: CallerDep, name: NameParam, version: VersionP
 
 # --- the fast path --------------------------------------------------------------------------
 
-_PREDICT = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,10})|"
-                      r"/labels/(?P<label>[^/:]+))?:predict$")
-_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]{1,10}))?"
-                    r"/infer$")
-_NAME = re.compile(MODEL_NAME_PATTERN)
-_LABEL = re.compile(LABEL_PATTERN)
+# Checked here as FastAPI's route checks them; anything else goes on to that route's 422.
+_NAME = re.compile(MODEL_NAME)
+_LABEL = re.compile(LABEL_NAME)
+_VERSION = re.compile(r"[0-9]{1,10}")
 log = logging.getLogger(__name__)
 
 
 class PredictFastPath:
-    """ASGI middleware: `:predict` and `/infer` requests go straight to the serving code above,
-    around FastAPI's routing (a regex per route), dependency solving and response handling:
-    for a one-row request that machinery costs as much CPU as everything else together. The
-    FastAPI routes of the same paths stay (the OpenAPI schema, and any request this path
-    does not take, e.g. a malformed name, which they answer with the usual 422)."""
+    """ASGI middleware: requests the route table routes to a predict or infer route go straight
+    to the serving code above, around FastAPI's dependency solving and response handling: for
+    a one-row request that machinery costs as much CPU as everything else together. The route
+    is the one app.api.route_access found (and remembered) for authentication. The FastAPI
+    routes stay (the OpenAPI schema, and any request this path does not take, e.g. a malformed
+    name, which they answer with the usual 422)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -443,21 +462,29 @@ class PredictFastPath:
         await response(scope, receive, send)
 
 
+# The routes the fast path answers, by endpoint, and the serving code each one calls.
+_FAST: dict[Any, Any] = {predict_latest: _predict, predict_version: _predict,
+                         predict_label: _predict, v2_infer: _infer, v2_infer_version: _infer}
+
+
 def _fast_route(scope: Scope) -> tuple[Any, Ref] | None:
+    """The serving call and model a request names, when the route table routes it to one of
+    the routes above (app.api.route_access: the same table and match FastAPI uses), so this
+    path answers nothing those routes would not."""
     if scope["type"] != "http" or scope["method"] != "POST":
         return None
-    path: str = scope["path"]
-    match = _PREDICT.match(path) if path.endswith(":predict") else _INFER.match(path)
-    if match is None:
+    found = found_route(scope)
+    handler = _FAST.get(found.endpoint)
+    if handler is None:
         return None
-    name: str = match["name"]
-    version: str | None = match["version"]
-    label: str | None = match["label"] if match.re is _PREDICT else None
-    if not _NAME.match(name) or (label is not None and not _LABEL.match(label)) or (
-            version is not None and not 1 <= int(version) <= MAX_VERSION):
+    name: str = found.params["name"]
+    version: str | None = found.params.get("version")
+    label: str | None = found.params.get("label")
+    if not _NAME.fullmatch(name) or (label is not None and not _LABEL.fullmatch(label)) or (
+            version is not None and not (_VERSION.fullmatch(version)
+                                         and 1 <= int(version) <= MAX_VERSION)):
         return None  # FastAPI's route answers with its 422
-    ref = Ref("", name, version=int(version) if version else None, label=label)
-    return (_predict if match.re is _PREDICT else _infer), ref
+    return handler, Ref("", name, version=int(version) if version else None, label=label)
 
 
 async def _receive_body(receive: Receive) -> AsyncIterator[bytes]:

@@ -7,13 +7,17 @@ from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 # A model name, and a reference to one of its versions: 'name' (the latest) or 'name/3'.
-_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
-MODEL_NAME_PATTERN = rf"^{_NAME}$"
-MODEL_REF_PATTERN = rf"^{_NAME}(/[1-9][0-9]*)?$"
+# MODEL_NAME and LABEL_NAME are for Python's `re.fullmatch` (with `^...$`, `re.match` would
+# take a name ending in "\n"); the *_PATTERN forms are for pydantic, whose (Rust) engine reads
+# `$` as the end of the text.
+MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+MODEL_NAME_PATTERN = rf"^{MODEL_NAME}$"
+MODEL_REF_PATTERN = rf"^{MODEL_NAME}(/[1-9][0-9]*)?$"
 MAX_VERSION = 2**31 - 1  # the version column is a 32-bit integer
 
 # A label (e.g. production, canary) starts with a letter, so it never reads as a version.
-LABEL_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$"
+LABEL_NAME = r"[A-Za-z][A-Za-z0-9_.-]{0,99}"
+LABEL_PATTERN = rf"^{LABEL_NAME}$"
 
 NameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
 VersionParam = Annotated[int, Path(ge=1, le=MAX_VERSION)]

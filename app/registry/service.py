@@ -13,10 +13,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.db import on_commit, on_rollback, upsert
-from app.core.errors import conflict, not_found
+from app.core.errors import FieldError, conflict, invalid, not_found
 from app.core.storage import ArtifactStore
 from app.tables import ModelLabel, ModelVersion
 from app.tables.base import utcnow
+
+# Segments and verbs of the model routes (/v1/models/{name}/labels/{label}[...], and the
+# /v2 and TF Serving verbs): a label spelled like one reads as another route to a person, a
+# proxy rule or a client's URL builder, so none may be set.
+RESERVED_LABELS = frozenset({
+    "infer", "predict", "classify", "regress", "metadata", "ready", "versions", "labels",
+    "serving", "download", "boundary"})
+
+
+def reserved_label(label: str) -> bool:
+    return label.lower() in RESERVED_LABELS
+
 
 # Attempts at taking the next version number when concurrent publishers keep taking it first.
 VERSION_ATTEMPTS = 8
@@ -87,9 +99,19 @@ def labels(session: Session, owner: str, name: str) -> dict[str, int]:
     return {r.label: r.version for r in rows}
 
 
+def check_label(label: str) -> None:
+    """422 for a label spelled like a route segment or verb (see RESERVED_LABELS)."""
+    if reserved_label(label):
+        raise invalid(f"'{label}' is a segment or verb of the model routes, so it cannot be a "
+                      "label: its URLs would read as another route's. Choose another name "
+                      f"(not one of {', '.join(sorted(RESERVED_LABELS))}).",
+                      [FieldError("/path/label", f"'{label}' is reserved")])
+
+
 def set_label(session: Session, store: ArtifactStore, owner: str, name: str, label: str,
               version: int) -> None:
     """Point `label` at `version` (which must exist); every process sees it after commit."""
+    check_label(label)
     resolve(session, owner, name, version)
     upsert(session, ModelLabel, {"owner": owner, "name": name, "label": label,
                                  "version": version, "updated_at": utcnow()},

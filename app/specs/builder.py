@@ -57,7 +57,7 @@ LAYER_META = frozenset({"type", "inputs"})
 POSITIONAL_CALL = frozenset({"MultiHeadAttention", "GroupedQueryAttention"})
 # Arguments that Keras reads as a file path when given a string.
 PATH_ARGS = frozenset({"vocabulary", "idf_weights"})
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")  # fullmatch: no "x\n"
 
 
 @dataclass
@@ -81,7 +81,7 @@ def build_model(spec: dict[str, Any]) -> keras.Model:
             raise refuse(pointer_join("", key), f"unknown key '{key}' (allowed: "
                                                 f"{', '.join(sorted(SPEC_KEYS))})")
     name = spec.get("name")
-    if name is not None and (not isinstance(name, str) or not NAME_RE.match(name)):
+    if name is not None and (not isinstance(name, str) or not NAME_RE.fullmatch(name)):
         raise refuse("/name", "expected a name of letters, digits, '_', '.', '-' (≤100)")
     if "keras_config" in spec:
         for key in ("inputs", "layers", "outputs"):
@@ -124,7 +124,7 @@ def _inputs(raw: Any) -> dict[str, tuple[str, tuple[int | None, ...], str]]:
                 raise refuse(pointer_join(ptr, key), f"unknown key '{key}' in an input "
                                                      "(allowed: dtype, name, shape)")
         name = item.get("name")
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise refuse(f"{ptr}/name", "expected a name of letters, digits, '_', '.', '-'")
         if name in out:
             raise refuse(f"{ptr}/name", f"duplicate input name '{name}'")
@@ -153,7 +153,7 @@ def _layers(raw: Any, input_names: set[str]) -> list[_Layer]:
             raise refuse(ptr, 'expected a layer object {"type": ..., <arguments>}')
         name = item.get("name")
         if name is not None:
-            if not isinstance(name, str) or not NAME_RE.match(name):
+            if not isinstance(name, str) or not NAME_RE.fullmatch(name):
                 raise refuse(f"{ptr}/name", "expected a name of letters, digits, '_', '.', '-'")
             if name in input_names or name in seen:
                 raise refuse(f"{ptr}/name", f"duplicate name '{name}' (layer and input "

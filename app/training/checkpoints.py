@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = "weights.weights.h5"
 META = "meta.json"
-NAME = re.compile(r"^e(\d{6})-b(\d{6})$")
+NAME = re.compile(r"e(\d{6})-b(\d{6})")
 TMP_PREFIX = ".tmp-"
 # Test-only fault injection: when set to N, the process kills itself (SIGKILL) while writing
 # the checkpoint of N finished epochs, after the temporary folder is complete and before the
@@ -115,7 +115,7 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):  # type: ignore[mi
         """Complete checkpoints, oldest first (a legacy Keras one counts as the oldest)."""
         if not self.dir.is_dir():
             return []
-        found = sorted((p for p in self.dir.iterdir() if p.is_dir() and NAME.match(p.name)),
+        found = sorted((p for p in self.dir.iterdir() if p.is_dir() and NAME.fullmatch(p.name)),
                        key=lambda p: p.name)
         legacy = self.dir / LEGACY_WEIGHTS
         return ([self.dir] if legacy.exists() else []) + found
