@@ -1,5 +1,7 @@
 """Every route of the app x every kind of caller: no key, a wrong key, a revoked key, an expired
-key, a key without the route's scope, a key of another tenant, the right key.
+key, a key without the route's scope, a key of another tenant, the right key; and x every
+spelling that once got around a scope: a trailing %0A, %0D or %00, a label or model named like
+a protocol verb.
 
 The routes come from the app's own route table: a route added later without an entry in ROUTES
 below fails here (add its scope, how to call it, and what each caller gets)."""
@@ -165,7 +167,9 @@ class Entry:
     marker: str | None = None
 
 
-READ, WRITE, PREDICT, ADMIN = (frozenset({s}) for s in ("read", "write", "predict", "admin"))
+READ, WRITE, PREDICT, ADMIN, OPERATOR = (
+    frozenset({s}) for s in ("read", "write", "predict", "admin", "operator"))
+FORBIDDEN = 403
 STATUS = frozenset({"read", "predict"})  # model status and metadata: read or predict
 
 
@@ -199,14 +203,16 @@ def _boundary(w: World) -> Body:
 
 
 ROUTES: dict[Route, Entry] = {
-    ("GET", "/metrics"): Entry(ADMIN, 200, other=200),
-    # Admin routes are the operator's, not a tenant's: an admin key of any tenant may use them.
+    # The whole server's: an operator key of any tenant.
+    ("GET", "/metrics"): Entry(OPERATOR, 200, other=200),
+    # An admin key manages its own tenant: its keys and audit log (B sees its own list), its
+    # quotas (B may not read A's); an operator key sets quotas, of any tenant.
     ("GET", "/v1/audit"): Entry(ADMIN, 200, other=200),
     ("GET", "/v1/keys"): Entry(ADMIN, 200, other=200),
     ("POST", "/v1/keys"): Entry(ADMIN, 201, other=201, body=_new_key),
-    ("DELETE", "/v1/keys/{name}"): Entry(ADMIN, 200, other=200, fresh=World.fresh_key),
-    ("GET", "/v1/tenants/{tenant}/quotas"): Entry(ADMIN, 200, other=200),
-    ("PUT", "/v1/tenants/{tenant}/quotas"): Entry(ADMIN, 200, other=200,
+    ("DELETE", "/v1/keys/{name}"): Entry(ADMIN, 200, fresh=World.fresh_key),
+    ("GET", "/v1/tenants/{tenant}/quotas"): Entry(ADMIN, 200, other=FORBIDDEN),
+    ("PUT", "/v1/tenants/{tenant}/quotas"): Entry(OPERATOR, 200, other=200,
                                                    body=lambda _w: Body(json={})),
     # Specs, datasets, jobs.
     ("GET", "/v1/specs"): Entry(READ, 200, other=LIST, marker="spec_id"),
@@ -288,15 +294,16 @@ def url(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\{([a-z_]+)(?::[a-z]+)?\}", fill, template)
 
 
-def send(w: World, route: Route, authorization: str | None,
-         fresh: bool = False) -> httpx.Response:
+def send(w: World, route: Route, authorization: str | None, fresh: bool = False,
+         tail: str = "", values: dict[str, str] | None = None) -> httpx.Response:
     """The route called as its table entry says, with this Authorization header (None: none
-    at all, not even the suite's default key). `fresh`: with the resources it uses up."""
+    at all, not even the suite's default key). `fresh`: with the resources it uses up. `tail`:
+    appended to the path; `values`: path parameters in place of the world's."""
     method, template = route
     spec = entry(route)
-    values = {**w.params, **(spec.fresh(w) if fresh and spec.fresh else {})}
+    values = {**w.params, **(spec.fresh(w) if fresh and spec.fresh else {}), **(values or {})}
     body = spec.body(w)
-    request = w.http.build_request(method, url(template, values), json=body.json,
+    request = w.http.build_request(method, url(template, values) + tail, json=body.json,
                                    files=body.files, params=body.params)
     if authorization is None:
         del request.headers["authorization"]
@@ -320,8 +327,16 @@ def listed(r: httpx.Response) -> set[str]:
 
 
 def lacking(scopes: frozenset[str]) -> frozenset[str]:
-    """The most a key may hold without any of `scopes` (admin would let anything through)."""
+    """The most a key may hold without any of `scopes` (admin would let anything through but
+    operator routes, operator anything)."""
     return frozenset({"read", "write", "predict"}) - scopes
+
+
+def route_values(w: World | None = None) -> dict[str, str]:
+    return dict(w.params) if w else {
+        "tenant": "t", "name": "linear", "version": "1", "label": "prod", "fmt": "png",
+        "path": "common.js", "key_name": "k", "spec_id": "spec_x", "dataset_id": "ds_x",
+        "job_id": "job_x"}
 
 
 # --- the route table itself -------------------------------------------------------------------
@@ -330,6 +345,29 @@ def test_every_keyed_route_has_an_entry_and_no_entry_is_stale() -> None:
     routes = set(KEYED_ROUTES)
     assert set(ROUTES) - routes == set(), "entries for routes the app no longer has"
     assert routes - set(ROUTES) == set(), "routes without an entry in ROUTES"
+
+
+def test_every_route_resolves_to_itself_and_declares_or_defaults_to_a_scope() -> None:
+    """The route table authentication reads finds each route for its own URL, and what it
+    needs is what ROUTES says: a route whose scope is not its method's default must declare
+    it (`@requires`), so a new route cannot end up unprotected or mis-scoped by accident."""
+    from app.api.route_access import RouteTable
+    from app.auth.access import SCOPES, default_access, requires
+
+    app = create_app()
+    table = RouteTable(list(app.routes))
+    for method, path in ALL_ROUTES:
+        scope = {"type": "http", "method": method, "root_path": "",
+                 "path": url(path, route_values())}
+        found = table.find(scope)
+        assert found.path == path, (method, path, found.path)
+        assert found.access.scopes and found.access.scopes <= set(SCOPES), (method, path)
+        if not is_public(path):
+            assert found.access.scopes == entry((method, path)).scopes, (method, path)
+            assert (found.access.rate is None) == (method in ("GET", "HEAD")), (method, path)
+    # A route without a declaration needs its method's default: a write, never nothing.
+    assert default_access("POST").scopes == WRITE and default_access("GET").scopes == READ
+    assert callable(requires)
 
 
 def test_public_routes_are_exactly_the_public_list() -> None:
@@ -440,3 +478,69 @@ def test_another_tenants_key_never_reaches_a_resource(world: World, route: Route
         if spec.other == NOT_FOUND:
             assert r.headers["content-type"].startswith("application/problem+json")
             assert r.json()["type"] == "/problems/not-found", r.text
+
+
+OPERATOR_ROUTES = [r for r in KEYED_ROUTES if r in ROUTES and "operator" in ROUTES[r].scopes]
+
+
+@pytest.mark.parametrize("route", OPERATOR_ROUTES, ids=route_id)
+def test_an_admin_key_is_403_on_operator_routes(world: World, route: Route) -> None:
+    r = send(world, route, f"Bearer {world.key(world.a, ADMIN)}")
+    assert r.status_code == 403, (route_id(route), r.text)
+
+
+# --- spellings that once got around a scope ----------------------------------------------------
+
+CONTROL_TAILS = ("%0A", "%0D", "%00")
+
+
+@pytest.mark.parametrize("route", ALL_ROUTES, ids=route_id)
+def test_a_trailing_control_character_is_400_before_any_key(world: World, route: Route) -> None:
+    """`$` matches before a final newline: `...:predict%0A` was predicted for a write key."""
+    for tail in CONTROL_TAILS:
+        keys: list[str | None] = [None]
+        if not is_public(route[1]):
+            keys += [f"Bearer {world.key(world.a, lacking(entry(route).scopes))}",
+                     f"Bearer {world.key(world.a, frozenset(entry(route).scopes))}"]
+        for authorization in keys:
+            if is_public(route[1]):
+                request = world.http.build_request(route[0], url(route[1], world.params) + tail)
+                del request.headers["authorization"]
+                r = world.http.send(request)
+            else:
+                r = send(world, route, authorization, tail=tail)
+            assert r.status_code == 400, (route_id(route), tail, r.status_code, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert r.json()["errors"][0]["pointer"] == "/path", r.text
+
+
+VERBS = ("infer", "predict", "classify", "regress", "metadata", "ready", "versions", "labels",
+         "serving", "download")
+
+
+NAMED_ROUTES = [r for r in KEYED_ROUTES if "{label}" in r[1] or "{name}" in r[1]]
+
+
+@pytest.mark.parametrize("route", NAMED_ROUTES, ids=route_id)
+def test_a_label_or_model_named_like_a_verb_keeps_the_routes_scope(
+        world: World, route: Route) -> None:
+    """A predict key could PUT and DELETE `/labels/infer` (the path ended in `/infer`)."""
+    from app.api.route_access import route_table
+
+    key = world.key(world.a, lacking(entry(route).scopes))
+    table = route_table(world.http.app)
+    for verb in VERBS:
+        values = {p: verb for p in ("label", "name") if "{" + p + "}" in route[1]}
+        path = url(route[1], {**world.params, **values})
+        found = table.find({"type": "http", "method": route[0], "root_path": "", "path": path})
+        assert found.path == route[1], (route_id(route), verb, found.path)
+        r = send(world, route, f"Bearer {key}", values=values)
+        assert r.status_code == 403, (route_id(route), verb, r.status_code, r.text)
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_a_label_cannot_be_named_like_a_verb(world: World, verb: str) -> None:
+    r = send(world, ("PUT", "/v1/models/{name}/labels/{label}"),
+             f"Bearer {world.key(world.a, WRITE)}", values={"label": verb})
+    assert r.status_code == 422, (verb, r.text)
+    assert r.json()["errors"][0]["pointer"] == "/path/label", r.text
