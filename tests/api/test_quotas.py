@@ -77,8 +77,9 @@ class Tenant:
 def new_tenant(client: Any) -> Tenant:
     name = f"q-{secrets.token_hex(4)}"
     key_name = f"{name}-key"
+    # operator: every route (setting quotas included) takes this key.
     return Tenant(client, name, key_name,
-                  make_key(name, key_name, ["read", "write", "predict", "admin"]))
+                  make_key(name, key_name, ["read", "write", "predict", "operator"]))
 
 
 @pytest.fixture
