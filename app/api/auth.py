@@ -110,8 +110,9 @@ def _control_character(path: str) -> DomainError:
 
 
 def document_security(openapi: dict[str, Any], routes: Iterable[Any]) -> dict[str, Any]:
-    """The bearer scheme in the OpenAPI document, and on every non-public operation its 401,
-    403 and (for writes and predict) 429 answers, and the scopes it needs."""
+    """The bearer scheme in the OpenAPI document, and on every non-public operation its 400 (a
+    control character in the path), 401, 403 and (for writes and predict) 429 answers, and the
+    scopes it needs (`x-scopes`)."""
     needs = {(getattr(r, "path", None), m): access_of(r, m)
              for r in routes for m in getattr(r, "methods", None) or ()}
     openapi.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
@@ -123,7 +124,7 @@ def document_security(openapi: dict[str, Any], routes: Iterable[Any]) -> dict[st
         for method, operation in operations.items():
             operation["security"] = [{"bearer": []}]
             access = needs.get((path, method.upper()))
-            statuses = [401, 403]
+            statuses = [400, 401, 403]  # 400: a path holding a control character
             if access is not None:
                 operation["x-scopes"] = sorted(access.scopes)
                 if access.rate is not None:
