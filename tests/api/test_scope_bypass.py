@@ -277,3 +277,33 @@ def test_an_admin_cannot_revoke_an_operator_key_of_its_tenant(tenants: Tenants) 
     t = tenants
     make_key(t.a, f"{t.a}-operator", ["operator"])
     assert_problem(t.call(t.admin_a, "DELETE", f"/v1/keys/{t.a}-operator"), 403)
+
+
+# --- the predict fast path ---------------------------------------------------------------------
+
+def test_the_fast_path_serves_exactly_what_the_route_table_routes_to_predict_and_infer() -> None:
+    """It asks the route table authentication asked (no regex of its own), so it can never
+    answer a request the router would hand to another route, or one that needs another scope."""
+    from fastapi.routing import iter_route_contexts
+
+    from app.main import create_app
+    from app.predict import router
+
+    app = create_app()
+    serving = {router.predict_latest, router.predict_version, router.predict_label,
+               router.v2_infer, router.v2_infer_version}
+    served = set()
+    for context in iter_route_contexts(app.routes):
+        for method in context.methods or ():
+            path = re.sub(r"\{([a-z_]+)(?::[a-z]+)?\}",
+                          lambda m: "1" if m[1] == "version" else "m", context.path_format)
+            scope = {"type": "http", "method": method, "path": path, "root_path": "", "app": app}
+            if router._fast_route(scope) is not None:
+                served.add(context.endpoint)
+                assert method == "POST" and context.endpoint in serving, (method, path)
+    assert served == serving
+    # A malformed name or version goes on to the route's own 422, never to another route.
+    for path in ("/v1/models/a:b:predict", "/v1/models/m/versions/0:predict",
+                 "/v1/models/m/labels/1x:predict", "/v2/models/m/versions/99999999999/infer"):
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "app": app}
+        assert router._fast_route(scope) is None, path
