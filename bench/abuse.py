@@ -3,9 +3,10 @@ after another against a `keras-jobs serve` of its own, with what each cost the s
 
 Per case: the HTTP status, the seconds until the answer, the peak growth of the resident memory
 of the server's process tree above its level just before the request (sampled every 20 ms from
-/proc), and the longest `/healthz` answer a side thread saw while the case ran (it asks every
-50 ms). Target (issue 14): every bomb refused (a 4xx) in under 1 s with under 64 MB of memory
-growth, `/healthz` under 100 ms throughout.
+/proc), the bytes those processes wrote to storage meanwhile (/proc/PID/io: a zip bomb costs
+disk rather than memory), and the longest `/healthz` answer a side thread saw while the case ran
+(it asks every 50 ms, giving up on one after 30 s). Target (issue 14): every bomb refused (a
+4xx) in under 1 s with under 64 MB of memory growth, `/healthz` under 100 ms throughout.
 
 Memory is guarded: a case whose growth passes --rss-cap-gb (default 4) is aborted (the server's
 process group is killed, and a fresh server on a fresh KJ_HOME serves the next case), reported
@@ -76,6 +77,8 @@ TARGET_HEALTHZ_S = 0.1
 READY_TIMEOUT_S = 180.0
 RSS_SAMPLE_S = 0.02
 HEALTHZ_EVERY_S = 0.05
+PROBE_TIMEOUT_S = 30.0
+CELL = 58  # a table cell's width
 PR_SET_PDEATHSIG = 1
 # Inherited settings that would point the server away from its fresh KJ_HOME.
 KJ_LOCATIONS = ("KJ_DATABASE_URL", "KJ_BROKER_URL", "KJ_ARTIFACT_ROOT", "KJ_API_KEY")
@@ -100,18 +103,37 @@ def free_port() -> int:
         return port
 
 
-def group_rss(pgid: int) -> int:
-    """Resident bytes of every live process of process group `pgid` (the server's session)."""
-    total = 0
+def group_pids(pgid: int) -> list[int]:
+    """Live processes of process group `pgid` (the server's session)."""
+    found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError, ValueError, IndexError):
             with open(f"/proc/{entry.name}/stat") as f:
                 raw = f.read()
-            fields = raw[raw.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid:
-                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24: rss pages
+            if int(raw[raw.rindex(")") + 2:].split()[2]) == pgid:
+                found.append(int(entry.name))
+    return found
+
+
+def rss_of(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return total
+
+
+def written_by(pids: list[int]) -> int:
+    """Bytes the processes caused to be written to storage (/proc/PID/io write_bytes)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith("write_bytes:"):
+                    total += int(line.split()[1])
     return total
 
 
@@ -154,8 +176,14 @@ class Server:
             time.sleep(0.2)
         raise RuntimeError(f"the {self.label} server is not up after {READY_TIMEOUT_S:.0f} s")
 
+    def pids(self) -> list[int]:
+        return group_pids(self.proc.pid) if self.proc is not None else []
+
     def rss(self) -> int:
-        return group_rss(self.proc.pid) if self.proc is not None else 0
+        return rss_of(self.pids())
+
+    def written(self) -> int:
+        return written_by(self.pids())
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -337,6 +365,7 @@ class Result:
     rss_growth: int
     healthz_max_s: float
     aborted: bool = False
+    written: int = 0  # bytes written to storage by the server meanwhile
 
     def ok(self) -> bool:
         return (not self.aborted and self.status.isdigit() and 400 <= int(self.status) < 500
@@ -355,7 +384,7 @@ class HealthProbe:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=5.0) as http:
+        with httpx.Client(base_url=self.base, timeout=PROBE_TIMEOUT_S) as http:
             while not self._stop.is_set():
                 start = time.perf_counter()
                 with contextlib.suppress(httpx.HTTPError):
@@ -369,7 +398,7 @@ class HealthProbe:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(10)
+        self._thread.join(PROBE_TIMEOUT_S + 5)
 
 
 def run_case(server: Server, case: Case, args: argparse.Namespace) -> Result:
@@ -378,7 +407,8 @@ def run_case(server: Server, case: Case, args: argparse.Namespace) -> Result:
         with httpx.Client(base_url=server.base, timeout=600) as http:
             case.setup(http)
     time.sleep(0.5)  # let the server settle after the setup
-    base_rss = server.rss()
+    pids = server.pids()  # the tree is looked up once: sampling /proc/PID is cheap
+    base_rss, base_written = rss_of(pids), written_by(pids)
     answer: dict[str, Any] = {}
 
     def send() -> None:
@@ -394,30 +424,33 @@ def run_case(server: Server, case: Case, args: argparse.Namespace) -> Result:
         answer["seconds"] = time.perf_counter() - start
 
     cap = int(args.rss_cap_gb * GiB)
-    peak, aborted, status = 0, False, ""
+    peak, aborted, status, written = 0, False, "", 0
     with HealthProbe(server.base) as probe:
         start = time.perf_counter()
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
         while sender.is_alive():
-            peak = max(peak, server.rss() - base_rss)
+            peak = max(peak, rss_of(pids) - base_rss)
             elapsed = time.perf_counter() - start
             if peak > cap or elapsed > args.case_timeout:
                 aborted = True
                 status = (f"aborted at {peak / GiB:.1f} GB" if peak > cap
                           else f"no answer in {elapsed:.0f} s")
+                written = written_by(pids) - base_written
                 server.stop(kill=True)
                 break
             time.sleep(RSS_SAMPLE_S)
         sender.join(30)
         seconds = answer.get("seconds", time.perf_counter() - start)
         if not aborted:
-            peak = max(peak, server.rss() - base_rss)
+            peak = max(peak, rss_of(pids) - base_rss)
+            written = written_by(pids) - base_written
     if not aborted:
         status = answer.get("status", "?")
         if status.startswith("5") or not status.isdigit():
             log(f"    {case.name}: {status} {answer.get('body', '')}")
-    return Result(case.name, status, seconds, max(peak, 0), probe.longest, aborted)
+    return Result(case.name, status, seconds, max(peak, 0), probe.longest, aborted,
+                  max(written, 0))
 
 
 def run_all(code: Path, label: str, cases: list[Case], args: argparse.Namespace
@@ -449,8 +482,10 @@ def run_all(code: Path, label: str, cases: list[Case], args: argparse.Namespace
 def _cell(r: Result | None) -> str:
     if r is None:
         return "-"
-    return (f"{r.status:>4} {r.seconds:6.2f} s {r.rss_growth / MiB:7.0f} MB "
-            f"hz {r.healthz_max_s * 1000:6.0f} ms {'ok' if r.ok() else 'MISS'}")
+    healthz = (f">{PROBE_TIMEOUT_S * 1000:.0f}" if r.healthz_max_s >= PROBE_TIMEOUT_S
+               else f"{r.healthz_max_s * 1000:.0f}")
+    return (f"{r.status:<17} {r.seconds:6.2f} s {r.rss_growth / MiB:5.0f} MB "
+            f"{r.written / MiB:5.0f} MB {healthz:>6} ms {'ok' if r.ok() else 'MISS'}")
 
 
 def print_table(cases: list[Case], before: dict[str, Result] | None,
@@ -458,16 +493,17 @@ def print_table(cases: list[Case], before: dict[str, Result] | None,
     width = max(len(c.name) for c in cases)
     head = f"{'case':<{width}}  "
     if before is not None:
-        head += f"{'before':<45}  "
+        head += f"{'before':<{CELL}}  "
     print(head + "after")
     for case in cases:
         line = f"{case.name:<{width}}  "
         if before is not None:
-            line += f"{_cell(before.get(case.name)):<45}  "
+            line += f"{_cell(before.get(case.name)):<{CELL}}  "
         print(line + _cell(after.get(case.name)))
-    print(f"target: a 4xx in < {TARGET_S:g} s, < {TARGET_RSS // MiB} MB RSS growth of the "
-          f"server's processes, /healthz < {TARGET_HEALTHZ_S * 1000:.0f} ms throughout "
-          "(status, seconds, peak RSS growth, longest /healthz, ok/MISS)")
+    print("cells: status, seconds to the answer, peak RSS growth of the server's processes, "
+          "bytes they wrote to storage, longest /healthz, ok/MISS against the target")
+    print(f"target: a 4xx in < {TARGET_S:g} s, < {TARGET_RSS // MiB} MB RSS growth, /healthz "
+          f"< {TARGET_HEALTHZ_S * 1000:.0f} ms throughout")
 
 
 def main() -> int:
