@@ -29,8 +29,9 @@ Cases (--cases a,b picks some; --list shows them):
   keras-assets          a 1 MB .keras with 64 assets/ members of 16 MiB of zeros each
   boundary-300          a multipart upload whose boundary has 300 characters
 
-Usage: python bench/abuse.py [--cases npz-1mb,keras-assets] [--before /tmp/base]
-                             [--rss-cap-gb 4] [--case-timeout 180] [--json out.json]
+Usage: python bench/abuse.py [--cases npz-1mb,keras-assets] [--before /tmp/base | --before-url URL]
+                             [--url URL] [--api-key KEY] [--rss-cap-gb 4] [--case-timeout 180]
+                             [--database-url URL] [--broker-url URL] [--json out.json]
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ def written_by(pids: list[int]) -> int:
 class Server:
     """`keras-jobs serve --no-worker` running `code`'s app, in its own session."""
 
+    headers: dict[str, str] = {}  # open on loopback: no key needed
+
     def __init__(self, code: Path, args: argparse.Namespace, label: str) -> None:
         self.code, self.args, self.label = code, args, label
         self.proc: subprocess.Popen[bytes] | None = None
@@ -214,6 +217,53 @@ class Server:
         if self.home is not None:
             shutil.rmtree(self.home, ignore_errors=True)
             self.home = None
+
+
+class ExternalServer:
+    """A server this bench did not start (--url/--before-url): measured, never stopped. Its
+    processes are the process group of whichever process listens on the URL's port (found in
+    /proc when this user may read it; else RSS and writes read 0). A case past the memory cap
+    only stops being waited for: the server goes on with it, so leave such cases out
+    (--cases) where that would hurt."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.base, self.headers = url.rstrip("/"), headers
+        port = httpx.URL(self.base).port or 80
+        pid = _listener_pid(port)
+        self.pgid = os.getpgid(pid) if pid is not None else None
+        if pid is None:
+            log(f"  (no readable process listens on port {port}: RSS and writes read 0)")
+
+    def start(self) -> None:
+        httpx.get(self.base + "/healthz", timeout=10, headers=self.headers).raise_for_status()
+
+    def pids(self) -> list[int]:
+        return group_pids(self.pgid) if self.pgid is not None else []
+
+    def alive(self) -> bool:
+        return True
+
+    def stop(self, kill: bool = False) -> None:
+        return None
+
+
+def _listener_pid(port: int) -> int | None:
+    """The process holding a listening TCP socket on `port` (IPv4 or IPv6), from /proc."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                    with contextlib.suppress(OSError):
+                        if os.readlink(fd.path) in inodes:
+                            return int(entry.name)
+    return None
 
 
 # --------------------------------------------------------------------------------------- cases
@@ -377,14 +427,15 @@ class HealthProbe:
     """Asks /healthz every HEALTHZ_EVERY_S on its own connection; the longest answer (an
     unanswered probe counts until it is given up or the probe stops)."""
 
-    def __init__(self, base: str) -> None:
-        self.base = base
+    def __init__(self, base: str, headers: dict[str, str]) -> None:
+        self.base, self.headers = base, headers
         self.longest = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=PROBE_TIMEOUT_S) as http:
+        with httpx.Client(base_url=self.base, timeout=PROBE_TIMEOUT_S,
+                          headers=self.headers) as http:
             while not self._stop.is_set():
                 start = time.perf_counter()
                 with contextlib.suppress(httpx.HTTPError):
@@ -401,10 +452,10 @@ class HealthProbe:
         self._thread.join(PROBE_TIMEOUT_S + 5)
 
 
-def run_case(server: Server, case: Case, args: argparse.Namespace) -> Result:
+def run_case(server: Server | ExternalServer, case: Case, args: argparse.Namespace) -> Result:
     request = case.build()
     if case.setup is not None:
-        with httpx.Client(base_url=server.base, timeout=600) as http:
+        with httpx.Client(base_url=server.base, timeout=600, headers=server.headers) as http:
             case.setup(http)
     time.sleep(0.5)  # let the server settle after the setup
     pids = server.pids()  # the tree is looked up once: sampling /proc/PID is cheap
@@ -412,7 +463,8 @@ def run_case(server: Server, case: Case, args: argparse.Namespace) -> Result:
     answer: dict[str, Any] = {}
 
     def send() -> None:
-        with httpx.Client(base_url=server.base, timeout=args.case_timeout) as http:
+        with httpx.Client(base_url=server.base, timeout=args.case_timeout,
+                          headers=server.headers) as http:
             try:
                 r = http.request(request.method, request.path, content=request.content,
                                  headers=request.headers, files=request.files,
@@ -425,7 +477,7 @@ def run_case(server: Server, case: Case, args: argparse.Namespace) -> Result:
 
     cap = int(args.rss_cap_gb * GiB)
     peak, aborted, status, written = 0, False, "", 0
-    with HealthProbe(server.base) as probe:
+    with HealthProbe(server.base, server.headers) as probe:
         start = time.perf_counter()
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
@@ -453,11 +505,19 @@ def run_case(server: Server, case: Case, args: argparse.Namespace) -> Result:
                   max(written, 0))
 
 
-def run_all(code: Path, label: str, cases: list[Case], args: argparse.Namespace
+def run_all(code: Path | str, label: str, cases: list[Case], args: argparse.Namespace
             ) -> dict[str, Result]:
-    log(f"== {label}: the server runs {code}")
+    """The cases against a server of `code` (a checkout), or the one at `code` (a URL)."""
     results: dict[str, Result] = {}
-    server = Server(code, args, label)
+    server: Server | ExternalServer
+    if isinstance(code, str):
+        log(f"== {label}: the server at {code}")
+        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        server = ExternalServer(code, headers)
+        server.start()
+    else:
+        log(f"== {label}: the server runs {code}")
+        server = Server(code, args, label)
     try:
         for case in cases:
             if not server.alive():
@@ -515,6 +575,11 @@ def main() -> int:
                         "column (run first)")
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout for the after "
                         "column (default: this one)")
+    parser.add_argument("--before-url", help="a running server for the before column instead "
+                        "(measured, never stopped: see ExternalServer)")
+    parser.add_argument("--url", help="a running server for the after column instead")
+    parser.add_argument("--api-key", default=os.environ.get("KJ_API_KEY", ""),
+                        help="key (write and predict scopes) for --url/--before-url servers")
     parser.add_argument("--rss-cap-gb", type=float, default=4.0)
     parser.add_argument("--case-timeout", type=float, default=180.0)
     parser.add_argument("--database-url", default="")
@@ -530,8 +595,11 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown cases {unknown}; --list shows them")
     cases = [c for c in CASES if not names or c.name in names]
-    before = run_all(args.before.resolve(), "before", cases, args) if args.before else None
-    after = run_all(args.code.resolve(), "after", cases, args)
+    if args.before and args.before_url:
+        parser.error("--before and --before-url: one or the other")
+    before_code = args.before_url or (args.before.resolve() if args.before else None)
+    before = run_all(before_code, "before", cases, args) if before_code else None
+    after = run_all(args.url or args.code.resolve(), "after", cases, args)
     print_table(cases, before, after)
     if args.json:
         args.json.write_text(json.dumps({
