@@ -10,10 +10,10 @@ to the size that directory declares for it and checks its CRC. So the checks com
      methods bring other decoders and their memory), listed once; compressed sizes that fit in
      the archive (entries sharing their data are how the biggest zip bombs multiply it);
   3. the sum of the declared uncompressed sizes against the caller's bound, and the compression
-     ratio of each member and of all of them together (KJ_MAX_ARCHIVE_RATIO, once the members
-     add up to more than KJ_ARCHIVE_RATIO_FLOOR_BYTES): the total's ratio is what keeps many
-     members, each small, from adding up to a bomb; with it an archive writes at most the ratio
-     times its own size.
+     ratio of each member and of all of them together (KJ_MAX_ARCHIVE_RATIO, for a member or a
+     total declaring more than KJ_ARCHIVE_RATIO_FLOOR_BYTES): the total's ratio is what keeps
+     many members, each under the floor, from adding up to a bomb; with it an archive writes at
+     most the ratio times its own size, plus the floor.
 A member's data is then bounded by its declared size, provided it is read in bounded chunks
 (`read_member`, or a caller's own loop): zipfile cuts what it inflates at the declared size and
 checks the CRC there, but it cuts *after* inflating what one read asked for, and a read of the
