@@ -21,6 +21,9 @@ from app.core.storage import ReceivedFile
 
 MAX_FIELD_BYTES = 4096
 FILE_FIELD = "file"
+# RFC 2046 §5.1.1: a boundary is 1 to 70 characters of these (a space, but not at the end).
+MAX_BOUNDARY = 70
+_BCHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
 
 
 @dataclass
@@ -121,6 +124,7 @@ async def receive_file(request: Request, path: Path, max_bytes: int
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise unsupported_media("Send the upload as multipart/form-data with the file in the "
                                 "field 'file' (curl -F file=@data.npz).")
+    _check_boundary(params[b"boundary"])
     received = Received(path)
     parts = _Parts(received, max_bytes)
     callbacks: Any = {name: getattr(parts, name) for name in (
@@ -143,3 +147,21 @@ async def receive_file(request: Request, path: Path, max_bytes: int
                           [FieldError("/file", "Field required")], type="/problems/invalid-input")
     file = ReceivedFile(path, received.filename, received.size, parts.digest.hexdigest())
     return file, received.fields
+
+
+def _check_boundary(boundary: bytes) -> None:
+    """400 for a boundary RFC 2046 does not allow (the parser refuses those past 256 bytes with
+    an error of its own, raised before any byte is read)."""
+    if 0 < len(boundary) <= MAX_BOUNDARY and set(boundary) <= _BCHARS \
+            and not boundary.endswith(b" "):
+        return
+    if not boundary or len(boundary) > MAX_BOUNDARY:
+        what = f"is {len(boundary)} characters long; 1 to {MAX_BOUNDARY} are allowed"
+    else:
+        what = "holds characters RFC 2046 does not allow in a boundary"
+    raise bad_request(
+        f"The multipart boundary in Content-Type {what} (RFC 2046: 1 to {MAX_BOUNDARY} "
+        "letters, digits, spaces or '()+_,-./:=? characters, not ending in a space). Let the "
+        "HTTP client choose the boundary (curl -F file=@data.npz).",
+        [FieldError("/headers/content-type", f"a boundary of 1 to {MAX_BOUNDARY} allowed "
+                    "characters")])

@@ -9,8 +9,11 @@ to the size that directory declares for it and checks its CRC. So the checks com
      folder (no links), not encrypted, stored or deflated (what NumPy and Keras write; other
      methods bring other decoders and their memory), listed once; compressed sizes that fit in
      the archive (entries sharing their data are how the biggest zip bombs multiply it);
-  3. the sum of the declared uncompressed sizes against the caller's bound and, where the caller
-     asks, each member's compression ratio.
+  3. the sum of the declared uncompressed sizes against the caller's bound, and the compression
+     ratio of each member and of all of them together (KJ_MAX_ARCHIVE_RATIO, for a member or a
+     total declaring more than KJ_ARCHIVE_RATIO_FLOOR_BYTES): the total's ratio is what keeps
+     many members, each under the floor, from adding up to a bomb; with it an archive writes at
+     most the ratio times its own size, plus the floor.
 A member's data is then bounded by its declared size, provided it is read in bounded chunks
 (`read_member`, or a caller's own loop): zipfile cuts what it inflates at the declared size and
 checks the CRC there, but it cuts *after* inflating what one read asked for, and a read of the
@@ -30,6 +33,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any
 
+from app.core.config import get_settings
 from app.core.errors import DomainError, FieldError, invalid
 
 # Most bytes inflated by one read of a member.
@@ -61,14 +65,16 @@ _MALFORMED = (zipfile.BadZipFile, ValueError, struct.error, NotImplementedError,
 
 def open_zip(source: Path | bytes, *, max_members: int, max_total_bytes: int,
              pointer: str = "/file", max_ratio: float | None = None,
-             ratio_floor_bytes: int = 0) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+             ratio_floor_bytes: int | None = None
+             ) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
     """The archive, open, and its entries, once the checks above passed; the caller closes it.
 
     `max_members` bounds the entries (folders included), `max_total_bytes` the sum of their
-    declared uncompressed sizes. With `max_ratio`, a member declaring more than
-    `ratio_floor_bytes` that inflates to more than `max_ratio` times its compressed size is
-    refused too. Raises DomainError (413 for sizes, 422 for the rest, pointers under `pointer`)
-    or zipfile.BadZipFile when `source` is not a readable zip."""
+    declared uncompressed sizes. A member, or all members together, declaring more than
+    `ratio_floor_bytes` and inflating to more than `max_ratio` times its compressed size is
+    refused too (None: the KJ_ settings). Raises DomainError (413 for sizes and ratios, 422
+    for the rest, pointers under `pointer`) or zipfile.BadZipFile when `source` is not a
+    readable zip."""
     size = source.stat().st_size if isinstance(source, Path) else len(source)
     try:
         with _binary(source) as fh:
@@ -140,13 +146,17 @@ def _end_record(fh: IO[bytes], size: int) -> tuple[int, int] | None:
 
 def check_entries(entries: list[zipfile.ZipInfo], archive_size: int, *, max_members: int,
                   max_total_bytes: int, pointer: str = "/file", max_ratio: float | None = None,
-                  ratio_floor_bytes: int = 0) -> list[zipfile.ZipInfo]:
+                  ratio_floor_bytes: int | None = None) -> list[zipfile.ZipInfo]:
     """The checks of `open_zip` on a parsed central directory (see there); `entries` if they
     pass. Reads nothing: only the entries' fields."""
+    settings = get_settings()
+    ratio = settings.max_archive_ratio if max_ratio is None else max_ratio
+    floor = settings.archive_ratio_floor_bytes if ratio_floor_bytes is None else ratio_floor_bytes
     if len(entries) > max_members:
         raise _too_many(len(entries), max_members, pointer)
     seen: set[str] = set()
     total = compressed = 0
+    bomb: zipfile.ZipInfo | None = None  # the first member past the ratio
     for entry in entries:
         at = member_pointer(pointer, entry.filename)
         _check_name(entry.filename, at)
@@ -165,19 +175,21 @@ def check_entries(entries: list[zipfile.ZipInfo], archive_size: int, *, max_memb
             raise _bad_entry(f"'{entry.filename}' is stored uncompressed but declares "
                              f"{entry.file_size} bytes and holds {entry.compress_size}.", at,
                              "equal sizes for a stored member")
-        if (max_ratio is not None and entry.file_size > ratio_floor_bytes
-                and entry.file_size > max_ratio * entry.compress_size):
-            ratio = entry.file_size / max(entry.compress_size, 1)
-            raise _too_large(f"'{entry.filename}' inflates from {entry.compress_size} to "
-                             f"{entry.file_size} bytes ({ratio:.0f}:1); at most {max_ratio:g}:1 "
-                             f"is accepted for members over {ratio_floor_bytes} bytes.", at,
-                             f"a compression ratio of at most {max_ratio:g}:1")
+        if (bomb is None and entry.file_size > floor
+                and entry.file_size > ratio * entry.compress_size):
+            bomb = entry
         total += entry.file_size
         compressed += entry.compress_size
     if total > max_total_bytes:
         raise _too_large(f"The archive's members add up to {total} bytes uncompressed; the "
                          f"limit is {max_total_bytes} bytes.", pointer,
                          f"at most {max_total_bytes} bytes uncompressed")
+    if bomb is not None:
+        raise _too_compressed(f"'{bomb.filename}' inflates", bomb.file_size, bomb.compress_size,
+                              ratio, floor, member_pointer(pointer, bomb.filename))
+    if total > floor and total > ratio * compressed:
+        raise _too_compressed("The archive's members together inflate", total, compressed,
+                              ratio, floor, pointer)
     if compressed > archive_size:
         raise invalid(f"The archive's members claim {compressed} compressed bytes but the "
                       f"archive has {archive_size} bytes (overlapping or truncated members).",
@@ -334,3 +346,19 @@ def _bad_entry(detail: str, at: str, what: str) -> DomainError:
 def _too_large(detail: str, at: str, what: str) -> DomainError:
     return DomainError(413, "Archive too large", detail, [FieldError(at, what)],
                        type="/problems/too-large")
+
+
+def _too_compressed(what: str, size: int, compressed: int, max_ratio: float, floor: int,
+                    at: str) -> DomainError:
+    """413 for a compression ratio past the limit: the figure, the limit, and the way out
+    (members stored as they are, as np.savez and model.save write them, always pass)."""
+    ratio = size / max(compressed, 1)
+    error = _too_large(
+        f"{what} from {compressed} to {size} bytes ({ratio:.0f}:1); at most {max_ratio:g}:1 is "
+        f"accepted past {floor} bytes (KJ_MAX_ARCHIVE_RATIO), as real data does not compress "
+        "further while zip bombs do. Store the members uncompressed (numpy.savez instead of "
+        "numpy.savez_compressed; model.save writes `.keras` files that way), or ask the "
+        "operator to raise KJ_MAX_ARCHIVE_RATIO.", at,
+        f"a compression ratio of at most {max_ratio:g}:1")
+    error.extra.update({"limit": max_ratio, "current": round(ratio, 1)})
+    return error

@@ -54,6 +54,19 @@ class Settings(BaseSettings):
     # Members of an uploaded archive (.npz dataset, .keras model); more is a 422, told from the
     # archive's last bytes before its central directory is parsed.
     max_archive_members: int = Field(1024, ge=1)
+    # An archive's members (and each member) may inflate to at most this many times the bytes
+    # they take in it (413 past it), once they add up to more than archive_ratio_floor_bytes.
+    # Honest np.savez_compressed data stays far below: random floats ~1.1:1, int labels ~11:1,
+    # one-hot float labels of 10 classes ~36:1, 99 %-zero floats ~57:1; deflate's limit (what
+    # bombs use) is ~1030:1. np.savez and model.save store members (1:1). The total's ratio
+    # bounds what an archive writes at max_archive_ratio x its upload (+ the floor), however
+    # many small members it has.
+    max_archive_ratio: float = Field(100.0, ge=1.0)
+    archive_ratio_floor_bytes: int = Field(4 * 1024**2, ge=0)
+    # A `.keras` file's assets/ members (vocabularies of StringLookup, TextVectorization...):
+    # loading unpacks them to disk, so their count and uncompressed total are bounded (413).
+    max_keras_assets: int = Field(256, ge=0)
+    max_keras_assets_bytes: int = Field(64 * 1024**2, ge=0)
     # Fit jobs whose arrays are larger than this stream batches from the memory-mapped arrays
     # (tf.data) instead of loading them (job option input="auto").
     stream_threshold_bytes: int = 1024**3

@@ -16,10 +16,11 @@ __all__ = ["Servable", "TensorInfo"]
 
 class Servable:
     def __init__(self, path: Path) -> None:
-        import keras
         import tensorflow as tf
 
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        from app.registry.keras_load import load_keras
+
+        model = load_keras(path, compile=False)  # assets unpacked in the store, not /tmp
         self.inputs = [TensorInfo(t.name, tuple(t.shape), str(t.dtype)) for t in model.inputs]
         # Functional models name their outputs; a Sequential's one output is its last layer.
         names = getattr(model, "output_names", None) or [model.layers[-1].name]

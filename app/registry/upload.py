@@ -7,15 +7,18 @@ problem that leaves no row and no file behind:
   2. the zip's headers (app.core.archives): only the members Keras writes (config.json,
      metadata.json, model.weights.h5, assets/...), relative names, no links, at most
      KJ_MAX_ARCHIVE_MEMBERS members, at most the upload limit uncompressed in all, no member
-     inflating past MAX_RATIO:1 (Keras stores members uncompressed), and every deflated member
+     and not all of them together inflating past KJ_MAX_ARCHIVE_RATIO:1 (Keras stores members
+     uncompressed), assets within KJ_MAX_KERAS_ASSETS(_BYTES) (app.registry.keras_load: loading
+     unpacks them to disk), and every deflated member
      inflated once in bounded chunks to prove it ends at its declared size: Keras reads the
      weights whole into memory (and extracts every member when there are assets), so what the
      headers declare must be what loading costs; then the HDF5 weights' metadata
      (app.registry.keras_weights): every dataset stores the bytes it declares;
   3. its `config.json` (read with zipfile, bounded) passes check_keras_config, the same
      allowlist imported spec configs pass, before any Keras code sees the file;
-  4. Keras loads it (`compile=False`, `safe_mode=True`) once its layers and
-     parameters pass the spec limits (app.specs.limits);
+  4. Keras loads it (`compile=False`, `safe_mode=True`, assets unpacked in the store, never the
+     system temp folder: app.registry.keras_load) once its layers and parameters pass the spec
+     limits (app.specs.limits);
   5. its `compile_config`, if any, passes the same allowlist as a spec's compile block
      (evaluate jobs load versions with `compile=True`, so Keras would otherwise build it).
 Then the next version number is taken and the staging folder is published under it.
@@ -37,22 +40,19 @@ from app.core.errors import DomainError, FieldError, invalid
 from app.core.json_limits import MAX_DEPTH, too_deep
 from app.core.storage import ArtifactStore, ReceivedFile
 from app.registry import service as registry
+from app.registry.keras_load import (
+    ASSETS_PREFIX,
+    CONFIG_NAME,
+    KERAS_MEMBERS,
+    check_assets,
+    load_keras,
+)
 from app.registry.keras_weights import check_weights
 from app.tables import ModelVersion
 
 MAX_CONFIG_BYTES = 16 << 20
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 HDF5_SUFFIXES = (".h5", ".hdf5")
-CONFIG_NAME = "config.json"
-# What `model.save("m.keras")` writes (keras.src.saving.saving_lib, Keras 3.x): config.json,
-# metadata.json, model.weights.h5 and, for layers with assets, files under assets/.
-KERAS_MEMBERS = frozenset({CONFIG_NAME, "metadata.json", "model.weights.h5"})
-ASSETS_PREFIX = "assets/"
-# Keras stores its members (1:1) and float weights barely deflate, so a member that inflates
-# past this ratio is a bomb: a 1 MiB file declaring 1 GiB of weights would cost twice that in
-# memory. Members up to MAX_RATIO_FLOOR bytes may inflate freely (small, cheap either way).
-MAX_RATIO = 20.0
-MAX_RATIO_FLOOR = 16 << 20
 FILE_POINTER = "/file"
 CONFIG_POINTER = "/file/config.json"
 MAX_DETAIL = 1000
@@ -97,10 +97,10 @@ def read_config(path: Path, max_bytes: int) -> dict[str, Any]:
         raise _not_keras("expected a `.keras` file (a zip archive); this is not a zip")
     try:
         zf, entries = open_zip(path, max_members=get_settings().max_archive_members,
-                               max_total_bytes=max_bytes, pointer=FILE_POINTER,
-                               max_ratio=MAX_RATIO, ratio_floor_bytes=MAX_RATIO_FLOOR)
+                               max_total_bytes=max_bytes, pointer=FILE_POINTER)
         with zf:
             _check_members(entries)
+            check_assets(entries, FILE_POINTER)
             # Keras reads members whole, which inflates all of a member's deflate data however
             # small its declared size: make sure every one ends where it says.
             check_deflated(path, entries, FILE_POINTER)
@@ -154,7 +154,7 @@ def _load_checked(path: Path, config: dict[str, Any]) -> None:
     with build_slots:
         check_config_params(config, CONFIG_POINTER)  # weightless: before any weight is loaded
         try:
-            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+            model = load_keras(path, compile=False)
         except Exception as exc:  # whatever Keras finds wrong with the file
             message = " ".join(str(exc).split())[:MAX_DETAIL] or type(exc).__name__
             raise _not_keras(f"Keras cannot load it: {message}") from exc

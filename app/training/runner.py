@@ -257,15 +257,15 @@ def _arrays(dataset_id: str, store: ArtifactStore) -> data.Arrays:
 
 
 def _load_version(version_id: str, store: ArtifactStore, compile: bool) -> Any:
-    import keras
+    from app.registry.keras_load import load_keras
 
     with session_scope() as s:
         mv = registry.get_version(s, version_id)
         if mv is None:
             raise DomainError(422, "Model gone", f"Model version {version_id} no longer exists.")
         key = mv.artifact_key
-    return keras.saving.load_model(store.model_file(store.path(key)), compile=compile,
-                                   safe_mode=True)
+    # Assets, if any, unpacked in the store's staging area, not the system temp folder.
+    return load_keras(store.model_file(store.path(key)), compile=compile, store=store)
 
 
 def _save_version(job: Job, spec_id: str | None, store: ArtifactStore, model: Any,

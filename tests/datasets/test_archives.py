@@ -5,8 +5,10 @@ refused in a header read, and an accepted member is streamed to disk, not held i
 from __future__ import annotations
 
 import io
+import os
 import stat
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,9 +211,27 @@ def test_oversized_central_directory_is_refused_before_it_is_parsed(tmp_path: Pa
     assert "central directory is" in exc.value.detail and "4 members" in exc.value.detail
 
 
+@pytest.fixture
+def lax_ratio() -> Iterator[None]:
+    """KJ_MAX_ARCHIVE_RATIO past deflate's limit, for tests that inflate zeros on purpose."""
+    from app.core.config import get_settings
+
+    saved = os.environ.get("KJ_MAX_ARCHIVE_RATIO")
+    os.environ["KJ_MAX_ARCHIVE_RATIO"] = "2000"
+    get_settings.cache_clear()
+    yield
+    if saved is None:
+        os.environ.pop("KJ_MAX_ARCHIVE_RATIO")
+    else:
+        os.environ["KJ_MAX_ARCHIVE_RATIO"] = saved
+    get_settings.cache_clear()
+
+
+@pytest.mark.usefixtures("lax_ratio")
 def test_accepted_member_is_streamed_to_disk(tmp_path: Path) -> None:
-    """A 256 MiB array, deflated to 256 kB: written in chunks, the process's memory barely
-    moves (filling a memory-mapped file, it grew by the whole array)."""
+    """A 256 MiB array, deflated to 256 kB (past the ratio, lifted here): written in chunks,
+    the process's memory barely moves (filling a memory-mapped file, it grew by the whole
+    array)."""
     member = deflated(npy_header((256 * MiB,)), 256 * MiB)
     payload = raw_zip([deflated_entry("x.npy", member)])
     with peak_rss_growth() as peak:
@@ -230,3 +250,58 @@ def test_member_with_bytes_past_its_array_is_refused(tmp_path: Path) -> None:
         _ingest(tmp_path, raw_zip([stored("x.npy", raw)]), MiB)
     assert exc.value.status == 422 and "more bytes" in exc.value.detail
     assert not list((tmp_path / "arrays").iterdir())
+
+
+# --- compression ratio: bombs within the largest upload -----------------------------------
+
+def _refused_for_ratio(client: Any, payload: bytes, pointer: str) -> dict[str, Any]:
+    """Posted by the suite's tenant (largest upload 4 GiB: the bound on the total is no help)."""
+    body = _refused_fast(client, {}, payload, 413, pointer)
+    assert "KJ_MAX_ARCHIVE_RATIO" in body["detail"] and "numpy.savez" in body["detail"], body
+    assert body["limit"] == 100 and body["current"] > 100, body
+    return body
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_gib_bomb_under_the_upload_limit_is_refused_by_its_ratio(
+        client: Any, gib_of_zeros: Deflated) -> None:
+    """1 MB sent, 1 GiB declared: within the 4 GiB upload, so only the ratio refuses it (it
+    was a 201 after 23-29 s and 1 GiB written)."""
+    payload = raw_zip([deflated_entry("x.npy", gib_of_zeros)])
+    body = _refused_for_ratio(client, payload, "/file/x.npy")
+    assert f"to {gib_of_zeros.size} bytes (" in body["detail"], body
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_many_small_members_cannot_add_up(client: Any) -> None:
+    """96 members of 2 MiB of zeros: each under the ratio's floor, 192 MiB from 200 kB
+    together; the ratio of the whole archive refuses it."""
+    member = deflated(npy_header((2 * MiB - 128,)), 2 * MiB - 128)
+    payload = raw_zip([deflated_entry(f"a{i}.npy", member) for i in range(96)])
+    body = _refused_for_ratio(client, payload, "/file")
+    assert "members together inflate from" in body["detail"], body
+    assert f"to {96 * member.size} bytes" in body["detail"], body
+
+
+def test_honest_compressed_data_passes_the_ratio(client: Any) -> None:
+    """What real arrays give with numpy.savez_compressed, past the ratio's floor: one-hot float
+    labels of 10 classes (~36:1), 99 %-zero floats (~57:1), a 1 %-true mask, int labels."""
+    rng = np.random.default_rng(0)
+    n = 200_000
+    labels = rng.integers(0, 10, n)
+    arrays = {
+        "onehot": np.eye(10, dtype=np.float32)[labels],
+        "sparse": np.where(rng.random((n, 8)) < 0.99, 0, rng.normal(size=(n, 8))
+                           ).astype(np.float32),
+        "mask": rng.random(n) < 0.01,
+        "y": labels,
+    }
+    buf = io.BytesIO()
+    np.savez_compressed(buf, allow_pickle=False, **arrays)
+    infos = zipfile.ZipFile(buf).infolist()
+    total = sum(i.file_size for i in infos)
+    assert total > 4 * MiB and total / sum(i.compress_size for i in infos) > 20
+    r = _post(client, {}, buf.getvalue())
+    assert r.status_code == 201, r.text
+    assert r.json()["stored_bytes"] >= total - 4096  # what is written: the arrays themselves
+    assert client.delete(f"/v1/datasets/{r.json()['id']}").status_code == 204

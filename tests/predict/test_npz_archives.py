@@ -12,7 +12,17 @@ import pytest
 from app.core.errors import DomainError
 from app.predict.npy import NPZ, decode_npy
 from app.predict.signature import TensorInfo
-from tests.archives import Entry, GiB, MiB, deflated, npy_bytes, peak_rss_growth, raw_zip
+from tests.archives import (
+    Entry,
+    GiB,
+    MiB,
+    deflated,
+    deflated_entry,
+    npy_bytes,
+    npy_header,
+    peak_rss_growth,
+    raw_zip,
+)
 
 X = TensorInfo("x", (None, 2), "float32")
 
@@ -57,3 +67,16 @@ def test_symlink_and_escaping_members_are_400s() -> None:
     with pytest.raises(DomainError) as exc:
         decode_npy(raw_zip([escaping]), [X], content_type=NPZ)
     assert exc.value.status == 400 and "'..'" in exc.value.detail
+
+
+def test_bomb_within_the_byte_bound_is_a_413_for_its_ratio() -> None:
+    """64 MiB of float32 rows deflated to 64 kB, under a 1 GiB bound on the arrays: refused for
+    its compression ratio from the central directory (it was inflated into memory whole)."""
+    rows = 8 * MiB
+    body = raw_zip([deflated_entry("x.npy", deflated(npy_header((rows, 2), "<f4"), rows * 8))])
+    with peak_rss_growth() as peak, pytest.raises(DomainError) as exc:
+        decode_npy(body, [X], content_type=NPZ, max_bytes=GiB)
+    assert exc.value.status == 413, exc.value
+    assert "KJ_MAX_ARCHIVE_RATIO" in exc.value.detail and "(1" in exc.value.detail
+    assert exc.value.errors[0].pointer == "/x.npy"
+    assert peak.seconds < 1.0 and peak.growth < 16 * MiB, peak
