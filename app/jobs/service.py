@@ -115,7 +115,10 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset)
         _check_selector(val, body.x, "/x")
         _check_selector(val, body.y, "/y")
     if body.class_weight is not None:
-        bad = [k for k in body.class_weight if not k.isdigit()]
+        # ASCII digits only ('²' is a digit to str.isdigit, not to int()), and a class index
+        # Keras can hold.
+        bad = [k for k in body.class_weight
+               if not (k.isascii() and k.isdigit() and len(k) <= 9)]
         if bad:
             raise invalid("class_weight keys are class indices.",
                           [FieldError(f"/class_weight/{bad[0]}", "expected an integer key")])

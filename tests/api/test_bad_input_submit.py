@@ -160,3 +160,17 @@ def test_a_queued_jobs_validation_dataset_cannot_be_deleted(client: Any,
     assert client.get(f"/v1/datasets/{val['id']}").status_code == 200
     assert client.post(f"/v1/jobs/{r.json()['id']}:cancel").status_code == 202
     assert client.delete(f"/v1/datasets/{val['id']}").status_code == 204
+
+
+# -- other job fields the worker would trip on -------------------------------------------------
+
+@pytest.mark.parametrize(("fields", "pointer"), [
+    ({"class_weight": {"²": 1.0}}, "/class_weight/²"),  # a digit to str.isdigit, not to int()
+    ({"class_weight": {"1" * 20: 1.0}}, f"/class_weight/{'1' * 20}"),
+    ({"callbacks": [{"type": "EarlyStopping", "patience": True}]}, "/callbacks/0/patience"),
+    ({"callbacks": [{"type": "ReduceLROnPlateau", "factor": "0.5"}]}, "/callbacks/0/factor"),
+])
+def test_job_fields_keras_would_misread_are_a_422(client: Any, refs: dict[str, str],
+                                                  unchanged: None, fields: dict[str, Any],
+                                                  pointer: str) -> None:
+    assert_problem(client.post("/v1/jobs", json=_fit(refs, **fields)), 422, pointer)
