@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.db import database_unavailable
 from app.core.errors import DomainError
+from app.core.text import plain_text
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -111,9 +112,10 @@ def _pointer(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str:
 
 
 def domain_problem(exc: DomainError, instance: str) -> JSONResponse:
-    return problem(exc.status, exc.title, exc.detail, instance, type_=exc.type,
-                   errors=[e.as_dict() for e in exc.errors], extra=exc.extra,
-                   headers=exc.headers)
+    # Details may quote Keras/TensorFlow messages, written for a terminal.
+    return problem(exc.status, exc.title, plain_text(exc.detail), instance, type_=exc.type,
+                   errors=[{"pointer": e.pointer, "detail": plain_text(e.detail)}
+                           for e in exc.errors], extra=exc.extra, headers=exc.headers)
 
 
 def install(app: FastAPI) -> None:

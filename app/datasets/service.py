@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.core.db import get_owned, on_commit, on_rollback, paginate
@@ -106,9 +106,12 @@ def list_(session: Session, owner: str, limit: int, offset: int) -> tuple[list[D
 
 def delete(session: Session, store: ArtifactStore, owner: str, dataset_id: str) -> None:
     dataset = get(session, owner, dataset_id)
+    # Every dataset a queued or running job reads: its own (the training rows, or the rows a
+    # predict job reads) and a fit job's validation dataset, which lives in its params.
     active = session.scalar(
         select(func.count()).select_from(Job).where(
-            Job.dataset_id == dataset_id,
+            or_(Job.dataset_id == dataset_id,
+                Job.params["validation_dataset_id"].as_string() == dataset_id),
             Job.status.in_([JobStatus.queued, JobStatus.running]),
         )
     )

@@ -16,6 +16,7 @@ ALLOWED = ("EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN")
 def build(specs: list[dict[str, Any]], pointer: str = "/callbacks") -> list[Any]:
     import keras
 
+    from app.specs.arg_types import check_arg_types
     from app.specs.construct import check_kwargs, first_line
 
     out = []
@@ -32,6 +33,7 @@ def build(specs: list[dict[str, Any]], pointer: str = "/callbacks") -> list[Any]
                               [FieldError(f"{ptr}/{key}", "expected a string, number or bool")])
         cls = getattr(keras.callbacks, name)
         check_kwargs(cls, kwargs, ptr, "callback")
+        check_arg_types(cls, kwargs, ptr)  # `"patience": true` is not 1
         try:
             out.append(cls(**kwargs))
         except (TypeError, ValueError) as exc:

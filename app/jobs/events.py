@@ -23,10 +23,28 @@ from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
 from app.core.db import on_commit, session_scope
+from app.core.errors import FieldError, bad_request
 from app.tables import Job, JobEvent
 
 log = logging.getLogger(__name__)
 TERMINAL = ("succeeded", "failed", "cancelled")
+MAX_EVENT_ID = 2**63 - 1  # the id column is a 64-bit integer
+
+
+def parse_last_event_id(header: str | None) -> int:
+    """Where a stream resumes: after the id of `Last-Event-ID` (0, from the start, without
+    one). Checked before the stream starts: an id the id column cannot hold would otherwise
+    fail the first query after the response began, dropping the stream mid-way."""
+    if header is None or not header.strip():
+        return 0
+    value = header.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(MAX_EVENT_ID)) \
+            or int(value) > MAX_EVENT_ID:
+        raise bad_request(
+            "Last-Event-ID must be the id of an event this stream sent: an integer from 0 to "
+            f"{MAX_EVENT_ID}; leave it out to start from the first event.",
+            [FieldError("/header/last-event-id", f"expected an integer 0..{MAX_EVENT_ID}")])
+    return int(value)
 
 
 def record(session: Session, job_id: str, type_: str, data: dict[str, Any]) -> None:

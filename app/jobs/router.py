@@ -69,8 +69,8 @@ async def job_events(caller: CallerDep, job_id: str, request: Request,
     changes, one `epoch` event per epoch with its logs, `progress` every couple of seconds,
     the final status with the result or error), then live ones until the job ends. Each has an
     `id`; reconnect with `Last-Event-ID` to resume with no gap and no duplicate."""
+    after = events.parse_last_event_id(last_event_id)
     await run_in_threadpool(_check_owned, caller.owner, job_id)
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     return StreamingResponse(events.follow(job_id, after, request.is_disconnected),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -3,10 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from app.core.errors import DomainError
-from app.registry.schemas import MODEL_NAME_PATTERN, MODEL_REF_PATTERN
+from app.registry.schemas import MAX_VERSION, MODEL_NAME_PATTERN, MODEL_REF_PATTERN
 from app.tables import JobStatus, JobType
 
 ARRAY_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$"
@@ -29,6 +29,19 @@ MaxAttempts = Annotated[int, Field(
 # refuses to store) are 422s at their field.
 STRICT_REQUEST = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 MAX_STEPS = 2**31 - 1
+
+
+def _version_in_range(ref: str) -> str:
+    """'name/N' with N within the version column (a 32-bit integer): a larger N would reach
+    the database as an out-of-range parameter."""
+    _, _, version = ref.partition("/")
+    if version and (len(version) > len(str(MAX_VERSION)) or int(version) > MAX_VERSION):
+        raise ValueError(f"version {version} is out of range (versions are 1..{MAX_VERSION})")
+    return ref
+
+
+# A saved version: 'name' (latest) or 'name/3'.
+ModelRef = Annotated[str, Field(pattern=MODEL_REF_PATTERN), AfterValidator(_version_in_range)]
 
 
 class CallbackSpec(BaseModel):
@@ -56,9 +69,9 @@ class FitJobCreate(BaseModel):
     type: Literal["fit"]
     spec_id: str | None = Field(None, description="Train this spec from scratch (or give "
                                 "from_model).")
-    from_model: str | None = Field(None, pattern=MODEL_REF_PATTERN,
-                                   description="Fine-tune a saved version: 'name' (latest) or "
-                                   "'name/3'; its optimizer state comes along.")
+    from_model: ModelRef | None = Field(None, description="Fine-tune a saved version: 'name' "
+                                        "(latest) or 'name/3'; its optimizer state comes "
+                                        "along.")
     dataset_id: str
     x: ArraySelector = "x"
     y: ArraySelector = "y"
@@ -98,8 +111,7 @@ class _SavedModelJob(BaseModel):
 
     model_config = STRICT_REQUEST
 
-    model: str = Field(pattern=MODEL_REF_PATTERN, description="'name' (latest version) or "
-                       "'name/3'")
+    model: ModelRef = Field(description="'name' (latest version) or 'name/3'")
     dataset_id: str
     x: ArraySelector = "x"
     max_runtime_s: MaxRuntime = None

@@ -12,8 +12,9 @@ from app.core.config import get_settings
 from app.core.db import get_owned, paginate
 from app.core.errors import DomainError, FieldError, invalid
 from app.core.json_limits import check_storable
+from app.core.storage import get_store
 from app.datasets import service as datasets
-from app.jobs import callback_specs, state
+from app.jobs import callback_specs, job_arrays, state
 from app.jobs.schemas import (
     AttemptRead,
     EvaluateJobCreate,
@@ -27,7 +28,16 @@ from app.jobs.schemas import (
 from app.registry import service as registry
 from app.specs import service as specs
 from app.specs import targets
-from app.tables import Dataset, Job, JobAttempt, JobEpoch, JobStatus, JobType
+from app.tables import (
+    Dataset,
+    Job,
+    JobAttempt,
+    JobEpoch,
+    JobStatus,
+    JobType,
+    ModelVersion,
+    Spec,
+)
 
 
 def _check_selector(dataset: Dataset, selector: Any, pointer: str) -> None:
@@ -63,6 +73,7 @@ def create(session: Session, owner: str,
     elif isinstance(body, EvaluateJobCreate):
         _check_selector(dataset, body.y, "/y")
         found = _model_ref(session, owner, body.model, "/model")
+        _check_version_arrays(session, found, dataset, body.x, body.y)
         params = EvaluateJobParams(**body.model_dump(), model_version_id=found.id)
         job = Job(owner=owner, type=JobType.evaluate, params=params.model_dump(mode="json"),
                   dataset_id=dataset.id, model_name=found.name, model_version=found.version)
@@ -78,6 +89,7 @@ def _predict_job(session: Session, owner: str, body: PredictJobCreate, dataset: 
     # The version is pinned now: "name" means the latest version at submit time, even if a
     # newer one is published while the job waits in the queue.
     found = _model_ref(session, owner, body.model, "/model")
+    _check_version_arrays(session, found, dataset, body.x, None)
     params = PredictJobParams(**body.model_dump(), model_version_id=found.id)
     return Job(owner=owner, type=JobType.predict, params=params.model_dump(mode="json"),
                dataset_id=dataset.id, model_name=found.name, model_version=found.version)
@@ -97,12 +109,16 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset)
     _check_work(body, dataset)
     if body.sample_weight is not None:
         _check_selector(dataset, body.sample_weight, "/sample_weight")
+    val = None
     if body.validation_dataset_id:
         val = _dataset(session, owner, body.validation_dataset_id, "/validation_dataset_id")
         _check_selector(val, body.x, "/x")
         _check_selector(val, body.y, "/y")
     if body.class_weight is not None:
-        bad = [k for k in body.class_weight if not k.isdigit()]
+        # ASCII digits only ('²' is a digit to str.isdigit, not to int()), and a class index
+        # Keras can hold.
+        bad = [k for k in body.class_weight
+               if not (k.isascii() and k.isdigit() and len(k) <= 9)]
         if bad:
             raise invalid("class_weight keys are class indices.",
                           [FieldError(f"/class_weight/{bad[0]}", "expected an integer key")])
@@ -111,13 +127,18 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset)
     start_id = None
     if body.spec_id is not None:
         spec = _spec(session, owner, body.spec_id)
-        _check_inputs(spec.spec.get("inputs"), dataset, body.x)
-        _check_targets(spec, dataset, body.y)
+        inputs = job_arrays.config_inputs(spec.keras_config)
         name, spec_id = body.model_name or _model_name(spec.name), spec.id
     else:
         assert body.from_model is not None
         start = _model_ref(session, owner, body.from_model, "/from_model")
+        inputs, spec = _version_inputs(start), _version_spec(session, start)
         name, spec_id, start_id = body.model_name or start.name, start.spec_id, start.id
+    for data, where in ((dataset, ""), *([(val, f" in validation dataset {val.id}")]
+                                         if val is not None else [])):
+        job_arrays.check_x(inputs, data, body.x, where)
+        if spec is not None:
+            _check_targets(spec, data, body.y)
     params = FitJobParams(**body.model_dump(), from_model_version_id=start_id)
     return Job(owner=owner, type=JobType.fit, params=params.model_dump(mode="json"),
                spec_id=spec_id,
@@ -135,35 +156,6 @@ def _check_work(body: FitJobCreate, dataset: Dataset) -> None:
                       "several jobs (from_model continues a saved version).",
                       [FieldError("/epochs", f"{work} epoch-rows > {limit}")],
                       title="Job too large")
-
-
-def _check_inputs(inputs: Any, dataset: Dataset, selector: Any) -> None:
-    """Fail at submit time, not minutes later in a worker, when the arrays named for `x` cannot
-    feed the spec's inputs (names, or per-row shapes; stacked columns are left to the worker)."""
-    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
-        return  # an imported keras_config: Keras checks it when the job runs
-    names = [i.get("name") for i in inputs]
-    if isinstance(selector, dict):
-        if set(selector) != set(names):
-            raise invalid("x must map each of the spec's inputs to an array.",
-                          [FieldError("/x", f"expected keys {names}, got {sorted(selector)}")])
-        pairs = [(i, selector[i.get("name")], f"/x/{i.get('name')}") for i in inputs]
-    elif len(inputs) != 1:
-        raise invalid("The spec has several inputs; map each to an array.",
-                      [FieldError("/x", f'expected {{"{names[0]}": "array", ...}} for {names}')])
-    else:
-        pairs = [(inputs[0], selector, "/x")]
-    for spec_input, array_name, pointer in pairs:
-        if not isinstance(array_name, str):
-            continue
-        got = dataset.arrays[array_name]["shape"][1:]
-        want = spec_input.get("shape")
-        if isinstance(want, list) and (len(got) != len(want) or any(
-                w is not None and w != g for w, g in zip(want, got, strict=True))):
-            raise invalid(
-                f"Array '{array_name}' does not fit input '{spec_input.get('name')}'.",
-                [FieldError(pointer, f"rows of '{array_name}' have shape {got}; the input "
-                            f"expects {want} (null = any size)")])
 
 
 def _check_targets(spec: Any, dataset: Dataset, selector: Any) -> None:
@@ -193,6 +185,26 @@ def _check_target(dataset: Dataset, selector: Any, target: targets.Target, point
     if problem is not None:
         raise invalid(f"The targets named for output '{target.name}' do not fit it.",
                       [FieldError(pointer, problem)])
+
+
+def _check_version_arrays(session: Session, version: ModelVersion, dataset: Dataset, x: Any,
+                          y: Any) -> None:
+    """An evaluate or predict job's arrays against the saved version's inputs (and, for y, the
+    outputs of the spec it was trained from, when it was)."""
+    job_arrays.check_x(_version_inputs(version), dataset, x)
+    spec = _version_spec(session, version) if y is not None else None
+    if spec is not None:
+        _check_targets(spec, dataset, y)
+
+
+def _version_inputs(version: ModelVersion) -> list[job_arrays.ModelInput] | None:
+    store = get_store()
+    path = store.model_file(store.path(version.artifact_key))
+    return job_arrays.version_inputs(version.id, str(path))
+
+
+def _version_spec(session: Session, version: ModelVersion) -> Spec | None:
+    return session.get(Spec, version.spec_id) if version.spec_id else None
 
 
 def _model_ref(session: Session, owner: str, ref: str, pointer: str) -> Any:

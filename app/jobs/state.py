@@ -26,6 +26,7 @@ from app.auth import quotas
 from app.core.broker import PRIORITY_FIRST, PRIORITY_NEW, PRIORITY_RESENT, enqueue_job
 from app.core.db import on_commit, session_scope, upsert
 from app.core.errors import conflict
+from app.core.text import plain_text
 from app.jobs import events
 from app.tables import Job, JobAttempt, JobEpoch, JobStatus
 from app.tables.base import utcnow
@@ -250,6 +251,7 @@ def finish(job_id: str, status: JobStatus, *, result: dict[str, Any] | None = No
            **extra: Any) -> bool:
     """running (as `attempt`, when given) → a final status; the attempt is closed with it.
     Returns False when the job was no longer running (as that attempt)."""
+    error = plain_text(error) if error else error  # Keras writes its messages for a terminal
     values = {"status": status, "finished_at": utcnow(), "result": result, "error": error, **extra}
     where = (_ours(job_id, attempt) if attempt is not None
              else and_(Job.id == job_id, Job.status == JobStatus.running))

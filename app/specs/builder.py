@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from app.core.errors import did_you_mean
 from app.core.json_limits import check_depth, check_storable
 from app.specs.allowlist import refuse, resolve_class
+from app.specs.arg_types import check_arg_types
 from app.specs.compiler import compile_model
 from app.specs.construct import check_kwargs, first_line, instantiate, pointer_join
 from app.specs.keras_config import check_keras_config, key_category, normalize
@@ -168,6 +169,7 @@ def _layers(raw: Any, input_names: set[str]) -> list[_Layer]:
         name = item.get("name")
         kwargs = {k: v for k, v in item.items() if k not in LAYER_META}
         check_kwargs(cls, kwargs, ptr, f"layers/{i}")
+        check_arg_types(cls, kwargs, ptr)
         for arg in PATH_ARGS & kwargs.keys():
             if isinstance(kwargs[arg], str):
                 raise refuse(f"{ptr}/{arg}", f"'{arg}' must be a list: file paths are refused")

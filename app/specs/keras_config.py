@@ -35,6 +35,7 @@ from app.specs.allowlist import (
     resolve_class,
     resolve_string,
 )
+from app.specs.arg_types import check_arg_types
 from app.specs.construct import pointer_join
 from app.specs.limits import check_layer_count, count_layers
 
@@ -140,6 +141,7 @@ def _object(value: dict[str, Any], pointer: str, expected: Category | None,
         raise refuse(pointer_join(pointer, "config"),
                      f"expected the {NOUNS[category]}'s config as an object")
     cfg_ptr = pointer_join(pointer, "config")
+    check_arg_types(REGISTRIES[category].classes[name], config, cfg_ptr)
     checked = {k: _walk(v, pointer_join(cfg_ptr, k), key_category(k, category), spec)
                for k, v in config.items()}
     if not spec:
