@@ -77,8 +77,12 @@ class Settings(BaseSettings):
     preload_days: float = 7.0
     # Longest wait for a new database connection (TCP connect plus the server's greeting), so a
     # database that never answers fails the request with a 503 instead of holding a thread.
-    # Whole seconds, at least 2 (libpq's connect_timeout rules).
-    db_connect_timeout_s: int = 5
+    # Whole seconds, at least 2 (libpq's connect_timeout rules). A live server greets in
+    # milliseconds; with the ping below, a request on a frozen database fails within ~3 s.
+    db_connect_timeout_s: int = Field(2, ge=2)
+    # The pool's check of a pooled connection before a request uses it (and /readyz's probe of
+    # the database): a peer silent this long is taken as gone.
+    db_ping_timeout_s: float = Field(1.0, gt=0)
     # PostgreSQL cancels a statement running longer than this (and SQLite gives up waiting for
     # a lock); the client also gives up on a connection that has not answered this long plus a
     # second, which covers a peer that went silent (statement_timeout needs a live server).
