@@ -34,11 +34,13 @@ class Settings(BaseSettings):
     # taken as dead and its job queued again (at worker start, or by a redelivered message).
     heartbeat_s: float = 5.0
     stale_after_s: float = 60.0
-    # How often each worker looks for such orphaned jobs (besides once at start-up).
-    sweep_s: float = 30.0
-    # The same sweep sends a queued job's message again when it was sent longer ago than this
-    # and is no longer in the broker (broker restarted empty, held by a worker that died).
-    # Above the longest wait of a message a live worker holds (a database retry: 60 s).
+    # How often each worker looks for such orphaned jobs (besides once at start-up), and for
+    # queued jobs whose message the broker lost (sent again within about this long).
+    sweep_s: float = 10.0
+    # The same sweep sends a queued job's message again when a consumer took it longer ago
+    # than this and never claimed the job (a worker that died holding it), or, where the
+    # broker cannot be looked into, when it was sent longer ago than this. Above the longest
+    # wait of a message a live worker holds (a database retry: 60 s).
     redispatch_after_s: float = 120.0
     # Staging folders (an upload in progress, a version being saved) untouched for this long
     # belong to a process that was killed; the API removes them at start-up.
