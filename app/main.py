@@ -17,6 +17,7 @@ from app import __version__
 from app.api import problems
 from app.api.admin import router as admin_router
 from app.api.auth import Authenticate, document_security
+from app.api.db_waits import BoundedDatabaseWaits
 from app.api.json_depth import JsonDepthLimit
 from app.api.metrics import router as metrics_router
 from app.api.request_id import RequestId
@@ -83,6 +84,7 @@ def create_app() -> FastAPI:
     app.add_middleware(JsonDepthLimit)
     app.add_middleware(PredictFastPath)
     app.add_middleware(Authenticate)  # before the fast path: predict is checked the same way
+    app.add_middleware(BoundedDatabaseWaits)  # around everything that reads the database
     app.add_middleware(RequestId)  # outermost: every request, predict included, gets an id
     for router in (specs_router, datasets_router, jobs_router, models_router, predict_router,
                    plots_router, ui_router, metrics_router, admin_router):

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # The pool's check of a pooled connection before a request uses it (and /readyz's probe of
     # the database): a peer silent this long is taken as gone.
     db_ping_timeout_s: float = Field(1.0, gt=0)
+    # On the API's request path, the longest one wait for PostgreSQL's answer (a statement, a
+    # lock, a commit) before the request is a 503: with the ping and a connection, a request
+    # on a frozen database answers within 5 s. (db_statement_timeout_s bounds the rest.)
+    db_request_wait_s: float = Field(3.0, gt=0)
     # PostgreSQL cancels a statement running longer than this (and SQLite gives up waiting for
     # a lock); the client also gives up on a connection that has not answered this long plus a
     # second, which covers a peer that went silent (statement_timeout needs a live server).

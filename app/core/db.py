@@ -38,7 +38,8 @@ _wait_bound: ContextVar[float | None] = ContextVar("kj_db_wait_bound", default=N
 def waits_at_most(seconds: float) -> Iterator[None]:
     """Within this block (this thread or task), each wait of a PostgreSQL connection for the
     server gives up after `seconds` (the connection is then closed and the pool replaces it)."""
-    token = _wait_bound.set(seconds)
+    outer = _wait_bound.get()
+    token = _wait_bound.set(seconds if outer is None else min(outer, seconds))
     try:
         yield
     finally:

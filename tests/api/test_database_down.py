@@ -277,6 +277,24 @@ def test_frozen_database_answers_within_5_s_with_the_default_settings(
         assert http.get("/v1/specs").status_code == 200
 
 
+def test_a_request_waiting_on_the_database_is_a_503_within_5_s(client: Any) -> None:
+    """A statement that gets no answer (here: waiting on a table another transaction locked)
+    holds a request KJ_DB_REQUEST_WAIT_S, not the statement timeout (30 s)."""
+    from sqlalchemy import text
+
+    from app.core.db import session_scope
+
+    with session_scope() as locker:
+        locker.execute(text("LOCK TABLE specs IN ACCESS EXCLUSIVE MODE"))
+        started = time.monotonic()
+        r = client.get("/v1/specs")
+        took = time.monotonic() - started
+    assert_unavailable(r)
+    print(f"\nwaiting on a lock: 503 after {took:.2f}s")
+    assert took < 5, took
+    assert client.get("/v1/specs").status_code == 200
+
+
 async def _storm(url: str) -> tuple[list[tuple[httpx.Response, float]],
                                     list[tuple[int, float]], list[int]]:
     """STUCK concurrent GET /v1/specs; meanwhile /healthz, on connections of its own."""
