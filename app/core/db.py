@@ -1,6 +1,7 @@
 """Engine and session factory. One engine per process; SQLite gets WAL and a busy timeout
 because the API and the worker write to it from two processes. Every wait on the database is
-bounded (KJ_DB_*_TIMEOUT_S), so an unreachable or frozen database fails a request quickly."""
+bounded (KJ_DB_*_TIMEOUT_S; on the API's request path each wait for an answer by
+KJ_DB_REQUEST_WAIT_S), so an unreachable or frozen database fails a request quickly."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from app.core.config import Settings, get_settings
 from app.core.errors import not_found
 
 RowT = TypeVar("RowT")
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -161,7 +163,7 @@ class ConnectGate:
         self.down = False
         self._trying = threading.Lock()
 
-    def connect(self, make: Callable[[], RowT]) -> RowT:
+    def connect(self, make: Callable[[], T]) -> T:
         if not self.down:
             try:
                 return make()
@@ -180,8 +182,8 @@ class ConnectGate:
 
 
 def probe(timeout_s: float) -> None:
-    """Raise unless the database answers `SELECT 1` within about `timeout_s` (/readyz): each
-    wait (the ping, a new connection, the answer) is bounded by it."""
+    """Raise unless the database answers `SELECT 1` (/readyz): the pooled connection's ping and
+    the answer each within `timeout_s`, a new connection within KJ_DB_CONNECT_TIMEOUT_S."""
     with waits_at_most(timeout_s), get_engine().connect() as conn:
         conn.execute(text("SELECT 1"))
 

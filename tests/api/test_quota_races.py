@@ -67,8 +67,11 @@ def served(request: pytest.FixtureRequest, service_env: dict[str, str], client: 
             yield Served(f"http://{address}", tenant, {"Authorization": f"Bearer {key}"},
                          Path(service_env["KJ_ARTIFACT_ROOT"]))
     finally:
+        from app.auth import keys
+
         monkeypatch.undo()
         reset_caches()
+        keys.KEYS.invalidate()  # it holds the keys of the database just left
 
 
 def at_once(n: int, send: Callable[[httpx.Client], httpx.Response],
