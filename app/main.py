@@ -12,18 +12,18 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import text
 
 from app import __version__
 from app.api import problems
 from app.api.admin import router as admin_router
 from app.api.auth import Authenticate, document_security
+from app.api.db_waits import BoundedDatabaseWaits
 from app.api.json_depth import JsonDepthLimit
 from app.api.metrics import router as metrics_router
 from app.api.request_id import RequestId
 from app.core.broker import check_broker
 from app.core.config import get_settings
-from app.core.db import get_engine
+from app.core.db import probe
 from app.core.migrate import upgrade
 from app.core.redact import redact, secrets_in_urls
 from app.core.storage import get_store
@@ -84,6 +84,7 @@ def create_app() -> FastAPI:
     app.add_middleware(JsonDepthLimit)
     app.add_middleware(PredictFastPath)
     app.add_middleware(Authenticate)  # before the fast path: predict is checked the same way
+    app.add_middleware(BoundedDatabaseWaits)  # around everything that reads the database
     app.add_middleware(RequestId)  # outermost: every request, predict included, gets an id
     for router in (specs_router, datasets_router, jobs_router, models_router, predict_router,
                    plots_router, ui_router, metrics_router, admin_router):
@@ -145,5 +146,5 @@ def _remove_stale_staging(max_age_s: float) -> None:
 
 
 def _check_db() -> None:
-    with get_engine().connect() as conn:
-        conn.execute(text("SELECT 1"))
+    # Its own short bound: a frozen database is "error" within seconds, never a hung probe.
+    probe(get_settings().db_ping_timeout_s)

@@ -1,8 +1,14 @@
 """Per-tenant quotas: running and queued jobs, stored bytes, largest upload. Defaults come from
-settings (KJ_QUOTA_*, KJ_MAX_UPLOAD_BYTES); an admin overrides them per tenant."""
+settings (KJ_QUOTA_*, KJ_MAX_UPLOAD_BYTES); an admin overrides them per tenant.
+
+A quota is checked by the service that writes what it counts (jobs, datasets, model versions),
+under the tenant's quota lock (`hold`), right before the row is written: counting and writing
+are then one step for that tenant until the transaction ends, so concurrent requests cannot all
+count the same free slot."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -76,8 +82,41 @@ def stored_bytes(session: Session, tenant: str) -> int:
     return int(datasets) + int(models)
 
 
+def hold(session: Session, tenant: str) -> None:
+    """Take `tenant`'s quota lock until `session`'s transaction ends. PostgreSQL: a
+    transaction-scoped advisory lock of that tenant's (other tenants are not held up; READ
+    COMMITTED, so what is counted after it includes every row committed before it was
+    granted). SQLite: the database's write lock (BEGIN IMMEDIATE), which writers take in turn
+    anyway; pysqlite would only begin at the first INSERT, after the counts were read."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        name = f"kj-quota\0{tenant}".encode()
+        lock_id = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+        session.execute(select(func.pg_advisory_xact_lock(lock_id)))
+    elif conn.dialect.name == "sqlite":
+        dbapi_conn: Any = conn.connection.dbapi_connection
+        # Already in a transaction means a write began it: the write lock is held.
+        if not dbapi_conn.in_transaction:
+            dbapi_conn.execute("BEGIN IMMEDIATE")
+
+
+def reserve_job(session: Session, tenant: str) -> None:
+    """Before a job's row is added: 429 when the tenant has its limit queued, 413 when it
+    already stores all its quota allows (the job would store a model or predictions)."""
+    hold(session, tenant)
+    check_queued(session, tenant)
+    check_stored(session, tenant, 0)
+
+
+def reserve_bytes(session: Session, tenant: str, added: int) -> None:
+    """Before a row that stores `added` bytes is added: 413 when the tenant would be past its
+    stored-bytes quota with it (the caller's transaction rolls back)."""
+    hold(session, tenant)
+    check_stored(session, tenant, added)
+
+
 def check_queued(session: Session, tenant: str) -> None:
-    """Before a job is queued: 429 with Retry-After when the tenant has its limit queued."""
+    """429 with Retry-After when the tenant has its limit queued (call under `hold`)."""
     limit = quota(session, tenant).max_queued_jobs
     queued = session.scalar(select(func.count()).select_from(Job).where(
         Job.owner == tenant, Job.status == JobStatus.queued)) or 0
@@ -91,18 +130,18 @@ def check_queued(session: Session, tenant: str) -> None:
 
 
 def check_stored(session: Session, tenant: str, added: int) -> None:
-    """After `added` bytes joined the tenant's rows in this transaction: 413 (and the caller's
-    transaction rolls back) when its stored bytes are now past its quota; with added=0, when it
-    is at or past it already (nothing more may be kept)."""
+    """Before `added` bytes join the tenant's rows: 413 when its stored bytes would be past its
+    quota; with added=0, when it is at or past it already (nothing more may be kept). Call
+    under `hold`."""
     limit = quota(session, tenant).max_stored_bytes
     stored = stored_bytes(session, tenant)
-    if stored > limit or (added == 0 and stored >= limit):
+    if stored + added > limit or (added == 0 and stored >= limit):
         raise DomainError(413, "Storage quota exceeded",
-                          f"Tenant '{tenant}' would store {stored} bytes (this request adds "
-                          f"{added}), past its limit of {limit} bytes. Delete datasets you no "
-                          "longer need, or ask an admin to raise max_stored_bytes.",
+                          f"Tenant '{tenant}' would store {stored + added} bytes (this request "
+                          f"adds {added}), past its limit of {limit} bytes. Delete datasets you "
+                          "no longer need, or ask an admin to raise max_stored_bytes.",
                           type="/problems/quota",
-                          extra={"limit": limit, "current": stored - added, "requested": added})
+                          extra={"limit": limit, "current": stored, "requested": added})
 
 
 def upload_limit(session: Session, tenant: str) -> int:

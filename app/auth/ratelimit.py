@@ -4,7 +4,11 @@ when Redis is the broker, so every API process shares the count; else in this pr
 With Redis, a process does not ask Redis for every request: it takes a lease of up to
 limit/LEASE_FRACTION requests (INCRBY) and spends it locally, so a busy predict key costs one
 round trip per lease, and the processes together never let more than the limit through in a
-window (a lease is cut to what is left under the limit)."""
+window (a lease is cut to what is left under the limit).
+
+A refused request takes nothing: the count only holds requests let through (or leased), so the
+`current` of a 429 is what the key used this minute, never more than the limit. Once a window
+is full it stays full, so a process refuses the rest of it without asking Redis again."""
 
 from __future__ import annotations
 
@@ -28,13 +32,16 @@ class LocalCounter:
         self._counts: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
 
-    def incr(self, key: str, window: int) -> int:
+    def take(self, key: str, window: int, limit: int) -> tuple[bool, int]:
+        """Count one request if the window has room: (let through, requests counted)."""
         with self._lock:
             if len(self._counts) > 10_000:  # drop old windows
                 self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
-            count = self._counts.get((key, window), 0) + 1
-            self._counts[(key, window)] = count
-            return count
+            count = self._counts.get((key, window), 0)
+            if count >= limit:
+                return False, count
+            self._counts[(key, window)] = count + 1
+            return True, count + 1
 
 
 @lru_cache
@@ -53,12 +60,34 @@ _local = LocalCounter()
 
 LEASE_FRACTION = 100
 LEASE_MAX = 1000
+# A lease of at most ARGV[1] requests, cut to what is left under the limit ARGV[2]; nothing is
+# counted when nothing is left. Returns {requests counted in the window, requests granted}.
+LEASE_SCRIPT = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local grant = math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - used)
+if grant <= 0 then return {used, 0} end
+used = redis.call('INCRBY', KEYS[1], grant)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {used, grant}
+"""
 
 
 class Leases:
     def __init__(self) -> None:
         self._left: dict[str, tuple[int, int]] = {}  # key -> (window, requests left)
+        self._full: dict[str, tuple[int, int]] = {}  # key -> (window, requests counted)
         self._lock = threading.Lock()
+
+    def full(self, key: str, window: int) -> int | None:
+        """The window's count if Redis said it was full (it stays so until the window ends)."""
+        w, used = self._full.get(key, (-1, 0))
+        return used if w == window else None
+
+    def mark_full(self, key: str, window: int, used: int) -> None:
+        with self._lock:
+            if len(self._full) > 10_000:
+                self._full = {k: v for k, v in self._full.items() if v[0] >= window}
+            self._full[key] = (window, used)
 
     def take(self, key: str, window: int) -> bool:
         with self._lock:
@@ -96,23 +125,23 @@ def hit(key_id: str, kind: str, limit_per_min: int) -> None:
     key = f"{kind}:{key_id}"
     client = _redis()
     if client is None:
-        count = _local.incr(key, window)
-        if count > limit_per_min:
+        allowed, count = _local.take(key, window, limit_per_min)
+        if not allowed:
             raise _refused(kind, count, limit_per_min, window, now)
         return
     if _leases.take(key, window):
         return
+    used = _leases.full(key, window)
+    if used is not None:
+        raise _refused(kind, used, limit_per_min, window, now)
     size = max(1, min(LEASE_MAX, limit_per_min // LEASE_FRACTION))
-    name = f"kj:rate:{key}:{window}"
     try:
-        pipe = client.pipeline()
-        pipe.incrby(name, size)
-        pipe.expire(name, WINDOW_S * 2)
-        total = int(pipe.execute()[0])
+        used, granted = (int(v) for v in client.eval(
+            LEASE_SCRIPT, 1, f"kj:rate:{key}:{window}", size, limit_per_min, WINDOW_S * 2))
     except Exception as exc:  # noqa: BLE001 - a limit is not worth failing requests over
         log.warning("rate limit not counted (Redis: %s: %s)", type(exc).__name__, exc)
         return
-    granted = size - max(0, total - limit_per_min)  # the part of the lease under the limit
     if granted <= 0:
-        raise _refused(kind, total - size + 1, limit_per_min, window, now)
+        _leases.mark_full(key, window, used)
+        raise _refused(kind, used, limit_per_min, window, now)
     _leases.put(key, window, granted - 1)  # this request takes one

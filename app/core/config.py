@@ -34,11 +34,13 @@ class Settings(BaseSettings):
     # taken as dead and its job queued again (at worker start, or by a redelivered message).
     heartbeat_s: float = 5.0
     stale_after_s: float = 60.0
-    # How often each worker looks for such orphaned jobs (besides once at start-up).
-    sweep_s: float = 30.0
-    # The same sweep sends a queued job's message again when it was sent longer ago than this
-    # and is no longer in the broker (broker restarted empty, held by a worker that died).
-    # Above the longest wait of a message a live worker holds (a database retry: 60 s).
+    # How often each worker looks for such orphaned jobs (besides once at start-up), and for
+    # queued jobs whose message the broker lost (sent again within about this long).
+    sweep_s: float = 10.0
+    # The same sweep sends a queued job's message again when a consumer took it longer ago
+    # than this and never claimed the job (a worker that died holding it), or, where the
+    # broker cannot be looked into, when it was sent longer ago than this. Above the longest
+    # wait of a message a live worker holds (a database retry: 60 s).
     redispatch_after_s: float = 120.0
     # Staging folders (an upload in progress, a version being saved) untouched for this long
     # belong to a process that was killed; the API removes them at start-up.
@@ -90,8 +92,16 @@ class Settings(BaseSettings):
     preload_days: float = 7.0
     # Longest wait for a new database connection (TCP connect plus the server's greeting), so a
     # database that never answers fails the request with a 503 instead of holding a thread.
-    # Whole seconds, at least 2 (libpq's connect_timeout rules).
-    db_connect_timeout_s: int = 5
+    # Whole seconds, at least 2 (libpq's connect_timeout rules). A live server greets in
+    # milliseconds; with the ping below, a request on a frozen database fails within ~3 s.
+    db_connect_timeout_s: int = Field(2, ge=2)
+    # The pool's check of a pooled connection before a request uses it (and /readyz's probe of
+    # the database): a peer silent this long is taken as gone.
+    db_ping_timeout_s: float = Field(1.0, gt=0)
+    # On the API's request path, the longest one wait for PostgreSQL's answer (a statement, a
+    # lock, a commit) before the request is a 503: with the ping and a connection, a request
+    # on a frozen database answers within 5 s. (db_statement_timeout_s bounds the rest.)
+    db_request_wait_s: float = Field(3.0, gt=0)
     # PostgreSQL cancels a statement running longer than this (and SQLite gives up waiting for
     # a lock); the client also gives up on a connection that has not answered this long plus a
     # second, which covers a peer that went silent (statement_timeout needs a live server).

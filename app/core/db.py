@@ -1,19 +1,22 @@
 """Engine and session factory. One engine per process; SQLite gets WAL and a busy timeout
 because the API and the worker write to it from two processes. Every wait on the database is
-bounded (KJ_DB_*_TIMEOUT_S), so an unreachable or frozen database fails a request quickly."""
+bounded (KJ_DB_*_TIMEOUT_S; on the API's request path each wait for an answer by
+KJ_DB_REQUEST_WAIT_S), so an unreachable or frozen database fails a request quickly."""
 
 from __future__ import annotations
 
 import inspect
 import logging
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any, TypeVar
 
 import sqlalchemy.exc
-from sqlalchemy import Engine, Select, create_engine, event, func, select
+from sqlalchemy import Engine, Select, create_engine, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,12 +24,28 @@ from app.core.config import Settings, get_settings
 from app.core.errors import not_found
 
 RowT = TypeVar("RowT")
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
 # The client gives up on a PostgreSQL connection this long after the server should have
 # cancelled the statement itself (statement_timeout): time for the cancellation to arrive.
 ANSWER_GRACE_S = 1.0
+# Set by `waits_at_most`: a shorter bound on each wait for the server, for callers that need
+# an answer sooner than a statement may take (the pool's pre-ping, /readyz's probe).
+_wait_bound: ContextVar[float | None] = ContextVar("kj_db_wait_bound", default=None)
+
+
+@contextmanager
+def waits_at_most(seconds: float) -> Iterator[None]:
+    """Within this block (this thread or task), each wait of a PostgreSQL connection for the
+    server gives up after `seconds` (the connection is then closed and the pool replaces it)."""
+    outer = _wait_bound.get()
+    token = _wait_bound.set(seconds if outer is None else min(outer, seconds))
+    try:
+        yield
+    finally:
+        _wait_bound.reset(token)
 
 
 def make_engine(url: str) -> Engine:
@@ -80,7 +99,21 @@ def _postgres_engine(url: str, settings: Settings) -> Engine:
                            connect_args=connect_args)
     if engine.dialect.driver == "psycopg":
         _bound_answers(engine, answer_s)
+        _bound_pings(engine, settings.db_ping_timeout_s)
     return engine
+
+
+def _bound_pings(engine: Engine, ping_s: float) -> None:
+    """A live server answers the pool's pre-ping in milliseconds: a pooled connection whose
+    peer went silent is given up after `ping_s`, not after a statement's bound (the request
+    then gets a fresh connection, or a 503 within the connect timeout)."""
+    ping = engine.dialect.do_ping
+
+    def bounded_ping(dbapi_connection: Any) -> bool:
+        with waits_at_most(ping_s):
+            return ping(dbapi_connection)
+
+    setattr(engine.dialect, "do_ping", bounded_ping)  # noqa: B010 - an instance's method
 
 
 def _bound_answers(engine: Engine, answer_s: float) -> None:
@@ -103,16 +136,56 @@ def _bound_answers(engine: Engine, answer_s: float) -> None:
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
             if timeout is not None:  # the caller's own deadline (e.g. notifies)
                 return super().wait(gen, interval=interval, timeout=timeout)
+            shorter = _wait_bound.get()
+            bound = answer_s if shorter is None else min(answer_s, shorter)
             try:
-                return super().wait(gen, interval=interval, timeout=answer_s)
+                return super().wait(gen, interval=interval, timeout=bound)
             except psycopg.errors._WaitTimeout as exc:
                 self.pgconn.finish()  # mid-protocol: the connection cannot be reused
                 raise psycopg.OperationalError(
-                    f"the database did not answer within {answer_s:g} s") from exc
+                    f"the database did not answer within {bound:g} s") from exc
+
+    gate = ConnectGate(psycopg.OperationalError)
 
     @event.listens_for(engine, "do_connect")
     def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-        return BoundedConnection.connect(*cargs, **cparams)
+        return gate.connect(lambda: BoundedConnection.connect(*cargs, **cparams))
+
+
+class ConnectGate:
+    """Once a new connection has failed, one attempt at a time tries the database until one
+    succeeds; the others fail at once. Without it, every request of a burst against a silent
+    database waits its own connect timeout in turn for a pool slot (50 requests: 8 s), where
+    one wait tells them all."""
+
+    def __init__(self, error: type[Exception]) -> None:
+        self.error = error
+        self.down = False
+        self._trying = threading.Lock()
+
+    def connect(self, make: Callable[[], T]) -> T:
+        if not self.down:
+            try:
+                return make()
+            except self.error:
+                self.down = True
+                raise
+        if not self._trying.acquire(blocking=False):
+            raise self.error("the database is unreachable (the last connection failed; "
+                             "another attempt is under way)")
+        try:
+            made = make()
+            self.down = False
+            return made
+        finally:
+            self._trying.release()
+
+
+def probe(timeout_s: float) -> None:
+    """Raise unless the database answers `SELECT 1` (/readyz): the pooled connection's ping and
+    the answer each within `timeout_s`, a new connection within KJ_DB_CONNECT_TIMEOUT_S."""
+    with waits_at_most(timeout_s), get_engine().connect() as conn:
+        conn.execute(text("SELECT 1"))
 
 
 def _ms(seconds: float) -> int:

@@ -34,8 +34,6 @@ async def upload_dataset(
         def create() -> DatasetRead:
             dataset = service.create(session, store, caller.owner, staging, received,
                                      fields.get("name"), limit, settings.max_csv_columns)
-            session.flush()
-            quotas.check_stored(session, caller.owner, dataset.stored_bytes)
             caller.audit(session, "dataset.create", f"dataset/{dataset.id}", name=dataset.name,
                          size_bytes=dataset.size_bytes, stored_bytes=dataset.stored_bytes)
             response.headers["Location"] = f"/v1/datasets/{dataset.id}"

@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from app.auth import quotas
 from app.core.db import get_owned, on_commit, on_rollback, paginate
 from app.core.errors import FieldError, conflict, invalid
 from app.core.storage import ArtifactStore, ReceivedFile
@@ -49,7 +50,7 @@ def create(session: Session, store: ArtifactStore, owner: str, staging: Path,
                       filename=filename, format=result.format, sha256=upload.sha256,
                       size_bytes=upload.size, num_rows=result.num_rows, arrays=result.arrays,
                       storage_key=key)
-    _add_published(session, store, dataset, arrays_dir)
+    _add_published(session, store, dataset, arrays_dir, quota=True)
     return dataset
 
 
@@ -83,10 +84,13 @@ def _digest(arrays_dir: Path, names: list[str]) -> tuple[str, int]:
 
 
 def _add_published(session: Session, store: ArtifactStore, dataset: Dataset,
-                   arrays_dir: Path) -> None:
+                   arrays_dir: Path, quota: bool = False) -> None:
     """Add the row, then rename its folder into place (after the flush: a row that cannot be
-    inserted publishes nothing)."""
+    inserted publishes nothing). `quota`: refuse (413) past the tenant's stored bytes; a job's
+    output is counted but kept (the job was admitted under the quota)."""
     dataset.stored_bytes = sum(f.stat().st_size for f in arrays_dir.rglob("*") if f.is_file())
+    if quota:
+        quotas.reserve_bytes(session, dataset.owner, dataset.stored_bytes)
     session.add(dataset)
     session.flush()
     key = dataset.storage_key

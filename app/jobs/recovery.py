@@ -9,18 +9,25 @@ process sweeps at start and every KJ_SWEEP_S (worker/celery_app.py):
    checkpoint, or fails once `max_attempts` attempts have died (state.requeue_dead).
 2. Queued jobs whose message is gone: the broker restarted empty, a worker took the message
    and died (Redis gives it back only after the visibility timeout, the SQLAlchemy transport
-   never), or a task failed before it claimed the job. A job whose last send is older than
-   KJ_REDISPATCH_AFTER_S is sent again, ahead of new jobs, unless its message is still
-   in the broker: waiting in the queue (a long queue is not a lost message; for a job that
-   had started, only a message at the head counts), or taken by a consumer less than
-   KJ_REDISPATCH_AFTER_S ago. Where the broker cannot be looked into, the
-   wait doubles with every send instead. A duplicate is harmless: the claim is a guarded
-   UPDATE, so a message for a job that is not queued is skipped.
+   never), or a task failed before it claimed the job. Where the broker can be looked into,
+   a job is sent again, ahead of new jobs, once the broker holds no message of it at all
+   (neither waiting in the queue nor taken) and its last send is older than LOST_AFTER_S
+   (time for a send to land), or once its message was taken by a consumer longer than
+   KJ_REDISPATCH_AFTER_S ago (a live worker may hold one that long). A message waiting in
+   the queue, however long, is not lost (for a job that had started, only one at the head
+   counts). Where the broker cannot be looked into, a job whose last send is older than
+   KJ_REDISPATCH_AFTER_S is sent again, and the wait doubles with every send. A duplicate
+   is harmless: the claim is a guarded UPDATE, so a message for a job that is not queued is
+   skipped.
 3. Folders of ended jobs: checkpoints and staging folders a killed process left behind.
 
 A worker that receives a message for a job still marked running does step 1 for that job
 (take_over_if_dead) before it gives up on it, so a job whose child was killed resumes as soon
 as its message comes back.
+
+A cancel of a running job is carried out by its worker; should that worker be gone, no sweep
+may come either (every worker dead). So the API watches such a job (watch_cancel) and ends it
+as cancelled once step 1 would call its process dead.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,7 +45,7 @@ from functools import lru_cache
 from sqlalchemy import or_, select
 
 from app.core.broker import PRIORITY_FIRST, PRIORITY_STEPS, WaitingMessages, waiting_messages
-from app.core.config import Settings
+from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.storage import ArtifactStore
 from app.jobs import state
@@ -47,6 +56,10 @@ log = logging.getLogger(__name__)
 # With no way to look into the broker, a queued job is sent again after redispatch_after_s,
 # then twice that, ... at most this many doublings.
 MAX_BACKOFF_DOUBLINGS = 5
+# A job whose message the broker does not hold at all is lost once its last send is older
+# than this: the send is recorded before it is made (after the commit), and kombu's Redis
+# transport moves a message it takes from the queue to `unacked` in two steps.
+LOST_AFTER_S = 5.0
 
 
 @lru_cache
@@ -119,6 +132,63 @@ def _why_dead(worker: str | None, key: str | None, beat: datetime | None, now: d
     return None
 
 
+def end_cancelled_if_dead(job_id: str, stale_after_s: float) -> bool:
+    """A running job whose cancel was requested and whose process is gone (as in step 1) is
+    cancelled now (requeue_dead ends such a job as cancelled). Returns whether the job is no
+    longer running."""
+    with session_scope() as s:
+        row = s.execute(select(Job.attempt, Job.heartbeat_at, JobAttempt.worker,
+                               JobAttempt.host_key)
+                        .join(JobAttempt, (JobAttempt.job_id == Job.id)
+                              & (JobAttempt.number == Job.attempt), isouter=True)
+                        .where(Job.id == job_id, Job.status == JobStatus.running,
+                               Job.cancel_requested.is_(True))).first()
+    if row is None:
+        return True
+    attempt, beat, worker, key = row
+    reason = _why_dead(worker, key, beat, utcnow(), stale_after_s)
+    if reason is None:
+        return False
+    return state.requeue_dead(job_id, attempt, reason, dispatch=False) is not None
+
+
+_watched: set[str] = set()
+_watched_lock = threading.Lock()
+
+
+def watch_cancel(job_id: str) -> None:
+    """After a cancel request for a running job (in the API, once it has committed): check
+    now, then every few seconds, whether its process is gone, and if so end it as cancelled;
+    until the job has ended, or its worker has had the cancel grace and a heartbeat bound to
+    end it (a live worker does)."""
+    with _watched_lock:
+        if job_id in _watched:
+            return
+        _watched.add(job_id)
+    settings = get_settings()
+    threading.Thread(target=_watch_cancel, args=(job_id, settings.stale_after_s,
+                                                 settings.cancel_grace_s),
+                     name=f"cancel-watch-{job_id}", daemon=True).start()
+
+
+def _watch_cancel(job_id: str, stale_after_s: float, grace_s: float) -> None:
+    every = max(0.5, min(5.0, stale_after_s / 4))
+    give_up = time.monotonic() + grace_s + stale_after_s + 2 * every
+    try:
+        while True:
+            try:
+                if end_cancelled_if_dead(job_id, stale_after_s):
+                    return
+            except Exception:  # noqa: BLE001 - a database hiccup: look again next round
+                log.warning("could not check cancelled job %s", job_id, exc_info=True)
+            if time.monotonic() > give_up:
+                return
+            time.sleep(every)
+    finally:
+        with _watched_lock:
+            _watched.discard(job_id)
+
+
 @dataclass
 class Swept:
     """What one sweep did, by job id."""
@@ -170,10 +240,12 @@ def redispatch_lost(redispatch_after_s: float) -> list[str]:
     """Send again the queued jobs whose message is gone (module docstring, step 2)."""
     now = utcnow()
     bound = timedelta(seconds=redispatch_after_s)
+    sent_before = now - min(bound, timedelta(seconds=LOST_AFTER_S))
     with session_scope() as s:
         rows = s.execute(select(Job.id, Job.dispatch_count, Job.dispatched_at, Job.attempt)
                          .where(Job.status == JobStatus.queued,
-                                or_(Job.dispatched_at.is_(None), Job.dispatched_at < now - bound))
+                                or_(Job.dispatched_at.is_(None),
+                                    Job.dispatched_at < sent_before))
                          .order_by(Job.created_at)).all()
     if not rows:
         return []
@@ -198,6 +270,7 @@ def _lost(job_id: str, count: int, dispatched_at: datetime | None, started: bool
     if broker is None:  # cannot look: back off, so a long queue gets few copies
         wait = bound * 2 ** min(max(count - 1, 0), MAX_BACKOFF_DOUBLINGS)
         return bool(dispatched_at < now - wait)
+    # (Its last send is older than LOST_AFTER_S: the query asked for no newer one.)
     # A job that had started must resume first: a copy waiting at a lower priority (e.g. the
     # message Celery put back when the job's process died) does not count.
     if broker.waiting.get(job_id, PRIORITY_STEPS[-1] + 1) <= (PRIORITY_FIRST if started

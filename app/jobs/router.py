@@ -10,7 +10,6 @@ from app.api import idempotency, problems
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotency import IdempotentJsonDep
 from app.api.schemas import Page
-from app.auth import quotas
 from app.core.db import session_scope
 from app.jobs import events, service
 from app.jobs.logs import read_tail
@@ -35,8 +34,6 @@ def create_job(caller: CallerDep, session: SessionDep, response: Response,
     once the broker is back). A replayed answer enqueues nothing."""
 
     def create() -> JobRead:
-        quotas.check_queued(session, caller.owner)
-        quotas.check_stored(session, caller.owner, 0)
         job = service.create(session, caller.owner, body)
         caller.audit(session, "job.create", f"job/{job.id}", type=job.type.value)
         response.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.auth import quotas
 from app.core.config import get_settings
 from app.core.db import get_owned, paginate
 from app.core.errors import DomainError, FieldError, invalid
@@ -79,6 +80,7 @@ def create(session: Session, owner: str,
                   dataset_id=dataset.id, model_name=found.name, model_version=found.version)
     else:
         job = _predict_job(session, owner, body, dataset)
+    quotas.reserve_job(session, owner)  # held until commit: counted and added as one step
     session.add(job)
     session.flush()
     state.enqueue_after_commit(session, job.id)

@@ -3,9 +3,11 @@
 queued → running (claim, which opens the next attempt) → succeeded | failed | cancelled
 (finish); queued → cancelled and running → cancel requested (request_cancel); heartbeat;
 running → queued when its worker shuts down (hand_back) or its process died (requeue_dead,
-requeue_stale; failed once `max_attempts` attempts died). Each is an UPDATE guarded by the
-status and the attempt it expects, so a redelivered or raced message can never move a job
-backwards or run it twice, and a process that lost its job can no longer write to it.
+requeue_stale; failed once `max_attempts` attempts died, cancelled if that was asked: also
+when the API finds the process of a job it was asked to cancel gone). Each is an UPDATE
+guarded by the status and the attempt it expects, so a redelivered or raced message can
+never move a job backwards or run it twice, and a process that lost its job can no longer
+write to it.
 
 The database is the record, the broker only a doorbell: every send is recorded on the row
 (`dispatched_at`, `dispatch_count`) and happens after the transaction commits; a send that
@@ -295,7 +297,15 @@ def request_cancel(session: Session, job: Job) -> None:
                            "only queued or running jobs can be cancelled.")
         events.record(session, job.id, "status", {"status": "running",
                                                   "reason": "cancel requested"})
+        # Its worker stops it; should that worker be gone, no sweep may ever come.
+        on_commit(session, lambda: _watch_cancel(job.id))
     session.refresh(job)
+
+
+def _watch_cancel(job_id: str) -> None:
+    from app.jobs import recovery  # it builds on this module
+
+    recovery.watch_cancel(job_id)
 
 
 def enqueue_after_commit(session: Session, job_id: str) -> None:

@@ -58,7 +58,6 @@ async def upload_version(
         def create() -> ModelVersion:
             mv = upload.create(session, store, caller.owner, name, staging, received,
                                max_bytes=limit)
-            quotas.check_stored(session, caller.owner, mv.size_bytes)
             caller.audit(session, "model_version.create", f"model/{name}/{mv.version}",
                          size_bytes=mv.size_bytes)
             return mv

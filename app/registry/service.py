@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.auth import quotas
 from app.core.db import on_commit, on_rollback, upsert
 from app.core.errors import FieldError, conflict, invalid, not_found
 from app.core.storage import ArtifactStore
@@ -73,6 +74,8 @@ def publish_version(session: Session, store: ArtifactStore, owner: str, name: st
     transaction stays. The folder is published once the row is in; if the transaction then
     rolls back, the folder is removed with it."""
     size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
+    if job_id is None:  # an upload; a job's model is counted but kept (admitted under quota)
+        quotas.reserve_bytes(session, owner, size)
     for _attempt in range(VERSION_ATTEMPTS):
         try:
             with session.begin_nested():

@@ -140,8 +140,24 @@ class Server:
 
 @pytest.fixture
 def server(client: Any, pg_database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    """The API under uvicorn in a thread of this process, its database through a Proxy. The
-    settings (and the engine built from them) are process-wide: restored afterwards."""
+    """The API under uvicorn in a thread of this process, its database through a Proxy, every
+    database timeout TIMEOUT_S. The settings (and the engine built from them) are
+    process-wide: restored afterwards."""
+    for name in ("CONNECT", "STATEMENT", "POOL"):
+        monkeypatch.setenv(f"KJ_DB_{name}_TIMEOUT_S", str(TIMEOUT_S))
+    yield from _serve(pg_database, monkeypatch)
+
+
+@pytest.fixture
+def default_server(client: Any, pg_database: str,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """The same with the default database timeouts."""
+    for name in ("CONNECT", "STATEMENT", "POOL", "PING"):
+        monkeypatch.delenv(f"KJ_DB_{name}_TIMEOUT_S", raising=False)
+    yield from _serve(pg_database, monkeypatch)
+
+
+def _serve(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     import uvicorn
 
     from app.core.db import get_engine
@@ -151,8 +167,6 @@ def server(client: Any, pg_database: str, monkeypatch: pytest.MonkeyPatch) -> It
     proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
     proxied = url.set(host="127.0.0.1", port=proxy.port)
     monkeypatch.setenv("KJ_DATABASE_URL", proxied.render_as_string(hide_password=False))
-    for name in ("CONNECT", "STATEMENT", "POOL"):
-        monkeypatch.setenv(f"KJ_DB_{name}_TIMEOUT_S", str(TIMEOUT_S))
     reset_database_caches()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -229,6 +243,56 @@ def test_frozen_database_is_a_503_within_the_timeouts(server: Server) -> None:
     with httpx.Client(base_url=server.url, timeout=30, headers=auth_headers()) as http:
         assert http.get("/v1/specs").status_code == 200
     print(f"forwarding again: 200 after {time.monotonic() - started:.2f}s")
+
+
+def test_frozen_database_answers_within_5_s_with_the_default_settings(
+        default_server: Server) -> None:
+    """A pooled connection's pre-ping, a new connection and /readyz's probe each give up on a
+    silent database within seconds (they took 36 s, 5 s and 13.9 s, /readyz then saying the
+    database was "ok")."""
+    bound = 5.0
+    with httpx.Client(base_url=default_server.url, timeout=60, headers=auth_headers()) as http:
+        assert http.get("/v1/specs").status_code == 200  # the pool now holds a connection
+        default_server.proxy.freeze()
+        took = {}
+        for what, path in (("pooled", "/v1/specs"), ("new", "/v1/datasets"),
+                           ("readyz", "/readyz")):
+            started = time.monotonic()
+            r = http.get(path)
+            took[what] = time.monotonic() - started
+            if what == "readyz":
+                body = assert_problem(r, 503)
+                assert body["checks"]["database"].startswith("error"), body
+            else:
+                assert_unavailable(r)
+        print(f"\nfrozen, default settings: {', '.join(f'{k} {v:.2f}s' for k, v in took.items())}")
+        assert max(took.values()) < bound, took
+        stuck, _health, _pending = asyncio.run(_storm(default_server.url))
+        slowest = max(t for _, t in stuck)
+        for r, _ in stuck:
+            assert_unavailable(r)
+        print(f"{STUCK} concurrent requests: 503 within {slowest:.2f}s")
+        assert slowest < bound, slowest
+        default_server.proxy.forward()
+        assert http.get("/v1/specs").status_code == 200
+
+
+def test_a_request_waiting_on_the_database_is_a_503_within_5_s(client: Any) -> None:
+    """A statement that gets no answer (here: waiting on a table another transaction locked)
+    holds a request KJ_DB_REQUEST_WAIT_S, not the statement timeout (30 s)."""
+    from sqlalchemy import text
+
+    from app.core.db import session_scope
+
+    with session_scope() as locker:
+        locker.execute(text("LOCK TABLE specs IN ACCESS EXCLUSIVE MODE"))
+        started = time.monotonic()
+        r = client.get("/v1/specs")
+        took = time.monotonic() - started
+    assert_unavailable(r)
+    print(f"\nwaiting on a lock: 503 after {took:.2f}s")
+    assert took < 5, took
+    assert client.get("/v1/specs").status_code == 200
 
 
 async def _storm(url: str) -> tuple[list[tuple[httpx.Response, float]],

@@ -126,12 +126,13 @@ def test_writes_past_the_limit_are_429_whichever_process_gets_them(
         apis, tenant, lambda http: http.post("/v1/specs", json=SEED_SPEC),
         WRITES_PER_MIN, ["read", "write"])
     _check(answers, WRITES_PER_MIN, 201, "write")
-    assert answers[WRITES_PER_MIN].json()["current"] == WRITES_PER_MIN + 1
+    # Refused requests are not counted: the key used its limit, no more.
+    assert answers[WRITES_PER_MIN].json()["current"] == WRITES_PER_MIN
     # The count is kept in Redis, shared by both processes.
     key_id = key.split("_")[1]
     counted = redis.Redis.from_url(service_env["KJ_BROKER_URL"]).get(
         f"kj:rate:write:{key_id}:{_window()}")
-    assert counted is not None and int(counted) >= WRITES_PER_MIN + 2
+    assert counted is not None and int(counted) == WRITES_PER_MIN
     with httpx.Client(base_url=apis[0].url, timeout=60,
                       headers={"Authorization": f"Bearer {key}"}) as http:
         # Refused requests created nothing; reads are not limited.
