@@ -8,6 +8,7 @@ leaves the event loop."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -27,11 +28,13 @@ from app.core.errors import DomainError, bad_request
 from app.predict import codec, npy, oip
 from app.predict.cache import LoadedModel
 from app.predict.metrics import observed
+from app.predict.rows import check_json_body
 from app.predict.schemas import ServingSettings
 from app.predict.service import (
     Ref,
     get_serving,
     loaded_model,
+    row_limit,
     run,
     serving_settings,
     set_serving_settings,
@@ -129,13 +132,15 @@ async def _predict(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> 
     model = await loaded_model(ref)
     inputs, outputs = model.servable.inputs, model.servable.outputs
     content_type = headers.get("content-type")
+    max_rows = row_limit(model)  # counted before any array is built
     if npy.is_npy_media(content_type):
         arrays, fmt = npy.decode_npy(raw, inputs, content_type=content_type,
-                                     max_bytes=get_settings().predict_max_body_bytes), "column"
+                                     max_bytes=get_settings().predict_max_body_bytes,
+                                     max_rows=max_rows), "column"
     elif len(raw) > OFF_LOOP_BYTES:  # a large JSON body would stall every other request
-        arrays, fmt = await run_in_threadpool(_decode_json, raw, inputs)
+        arrays, fmt = await run_in_threadpool(_decode_json, raw, inputs, max_rows)
     else:  # TF Serving reads JSON whatever the content type (curl -d sends a form type)
-        arrays, fmt = _decode_json(raw, inputs)
+        arrays, fmt = _decode_json(raw, inputs, max_rows)
     results = await run(ref, model, arrays)
     if npy.wants_npy(headers.get("accept")):
         body, media = npy.encode_npy(results, outputs)
@@ -147,7 +152,9 @@ async def _predict(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> 
     return Response(body, media_type="application/json")
 
 
-def _decode_json(raw: bytes, inputs: list[TensorInfo]) -> tuple[list[np.ndarray], str]:
+def _decode_json(raw: bytes, inputs: list[TensorInfo],
+                 max_rows: tuple[int, str]) -> tuple[list[np.ndarray], str]:
+    check_json_body(raw, inputs, *max_rows)  # on the bytes: before a value is parsed
     return codec.decode(codec.parse_json(raw), inputs)
 
 
@@ -384,8 +391,12 @@ async def _infer(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> Re
     model = await loaded_model(ref)
     inputs, outputs = model.servable.inputs, model.servable.outputs
     header_length = oip.parse_header_length(headers.get(oip.HEADER_LENGTH.lower()))
-    arrays, requested, binary, request_id = oip.decode_infer(raw, header_length, inputs,
-                                                             outputs=outputs)
+    decode = functools.partial(oip.decode_infer, raw, header_length, inputs, outputs=outputs,
+                               max_rows=row_limit(model))
+    # A large header holds JSON data: measured and parsed off the event loop.
+    arrays, requested, binary, request_id = (
+        await run_in_threadpool(decode) if (header_length or len(raw)) > OFF_LOOP_BYTES
+        else decode())
     results = await run(ref, model, arrays)
     body, headers = oip.encode_infer(model.name, model.version, results, outputs, requested,
                                      binary, request_id)

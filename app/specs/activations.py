@@ -1,0 +1,114 @@
+"""Activation memory of a model, per row, from the shapes its layers output.
+
+What a model's weights take is bounded by the parameter limit; what it computes is not: a
+`RepeatVector(20_000_000)` holds no weight and outputs 80 MB per row, and a batch of 64 of them
+takes gigabytes while it runs. Keras knows every layer's output shape once the model is built,
+and a weightless build (app.specs.limits.weightless) is enough, so the figure is had without
+allocating a tensor: for each call of each layer (nested models' layers included), the
+elements of its outputs past the batch dimension times their dtype's size, summed. That is an
+estimate (TensorFlow frees some outputs early and keeps some intermediates no output shows),
+but it grows with what a request costs, which is what a bound needs. A dimension of unknown
+size (a variable-length sequence) counts as 1: per row and per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.core.config import get_settings
+from app.core.errors import DomainError
+
+# Dtypes numpy cannot size; a string tensor holds at least a pointer per element.
+_ITEMSIZE = {"bfloat16": 2, "string": 8, "object": 8}
+
+
+@dataclass(frozen=True)
+class Activations:
+    bytes_per_row: int
+    largest_layer: str  # "name (Class)"
+    largest_bytes: int
+
+
+def activations(model: Any) -> Activations:
+    """The bytes per row of every layer's outputs in `model` (built, weights or not)."""
+    total = 0
+    largest, largest_bytes = "", -1
+    for layer in _layers(model):
+        size = sum(_tensor_bytes(t) for node in getattr(layer, "_inbound_nodes", ())
+                   for t in _flatten(getattr(node, "output_tensors", ())))
+        total += size
+        if size > largest_bytes:
+            largest, largest_bytes = f"'{layer.name}' ({type(layer).__name__})", size
+    return Activations(total, largest, max(largest_bytes, 0))
+
+
+def check_activations(model: Any, pointer: str) -> Activations:
+    """422 (a /problems/spec-limit) when `model`'s layers output more than
+    KJ_MAX_ACTIVATION_BYTES_PER_ROW bytes per row; the figure otherwise."""
+    from app.specs.limits import spec_limit
+
+    found = activations(model)
+    limit = get_settings().max_activation_bytes_per_row
+    if found.bytes_per_row > limit:
+        raise spec_limit(pointer, activation_detail(found, limit), limit, found.bytes_per_row)
+    return found
+
+
+def activation_detail(found: Activations, limit: int) -> str:
+    return (f"the layers' outputs take {found.bytes_per_row:,} bytes per row of input (limit "
+            f"{limit:,}, KJ_MAX_ACTIVATION_BYTES_PER_ROW); the largest, {found.largest_layer}, "
+            f"outputs {found.largest_bytes:,}: make its output smaller (fewer units, repeats, "
+            "steps or channels), or downsample earlier in the model")
+
+
+def activation_error(found: Activations, limit: int) -> DomainError:
+    """The same refusal, for a stored version loaded to serve (a 422 would blame the request)."""
+    return DomainError(503, "Model unavailable", f"This version cannot be served: "
+                       f"{activation_detail(found, limit)}.", type="/problems/model-unavailable")
+
+
+def _layers(model: Any) -> Iterator[Any]:
+    """Every layer of `model`, nested models' layers included (each once)."""
+    seen: set[int] = set()
+    pending = list(getattr(model, "layers", ()))
+    while pending:
+        layer = pending.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        pending.extend(getattr(layer, "layers", ()) or ())
+
+
+def _flatten(value: Any) -> Iterator[Any]:
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _flatten(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _flatten(item)
+    elif value is not None:
+        yield value
+
+
+def _tensor_bytes(tensor: Any) -> int:
+    shape = getattr(tensor, "shape", None)
+    if shape is None:
+        return 0
+    dims = [1 if d is None else int(d) for d in tuple(shape)[1:]]
+    return math.prod(dims) * _itemsize(getattr(tensor, "dtype", "float32"))
+
+
+def _itemsize(dtype: Any) -> int:
+    name = str(getattr(dtype, "name", dtype))
+    if name in _ITEMSIZE:
+        return _ITEMSIZE[name]
+    try:
+        return int(np.dtype(name).itemsize)
+    except TypeError:
+        return 4
