@@ -136,6 +136,13 @@ class ModelCache:
             CACHE_EVICTIONS.inc()
             log.info("evicted %s/%s from the model cache", evicted.name, evicted.version)
 
+    def drop(self, version_id: str) -> None:
+        """Unload a deleted version (every batching policy it was loaded with)."""
+        with self._lock:
+            for key in [k for k in self._items if k.startswith(f"{version_id}:")]:
+                self._items.pop(key).batcher.shutdown()
+            LOADED_MODELS.set(len(self._items))
+
     def loaded(self) -> list[LoadedModel]:
         with self._lock:
             return list(self._items.values())

@@ -10,7 +10,7 @@ its bytes first, in bounded memory, and refused (413) when it holds more than a 
 - `json_rows`: the rows themselves, from the brackets: the elements of each array that is a
   value of the top-level object (`instances`, or `inputs` as one tensor) or of an object there
   (`inputs` as {name: tensor}). Strings are cut out first (a bracket in a string is text), the
-  depth of every bracket comes from a cumulative sum in NumPy, a megabyte at a time, and the
+  depth of every bracket comes from a cumulative sum in NumPy, 256 KiB at a time, and the
   scan stops as soon as an array passes the limit.
 A .npy body says its shape in its header (app.predict.npy), an Open Inference Protocol tensor
 in its `shape` (app.predict.oip): both are checked before any data is read.
@@ -29,7 +29,7 @@ import numpy as np
 from app.core.errors import DomainError
 from app.predict.signature import TensorInfo
 
-CHUNK = 1 << 20
+CHUNK = 256 << 10
 # Room for what a body holds besides its values: keys, the signature name, OIP's shapes.
 SLACK_VALUES = 1024
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -128,8 +128,8 @@ class _Scan:
         if not s.size:
             return
         opens = (s == _OPEN_ARRAY) | (s == _OPEN_OBJECT)
-        step = opens.astype(np.int64) - ((s == _CLOSE_ARRAY) | (s == _CLOSE_OBJECT))
-        depth = self.depth + np.cumsum(step)
+        step = opens.astype(np.int32) - ((s == _CLOSE_ARRAY) | (s == _CLOSE_OBJECT))
+        depth = np.cumsum(step, dtype=np.int32) + np.int32(self.depth)
         commas = s == _COMMA
         # Depth 2: each opener at depth 2 starts a container; its commas follow it.
         open2 = np.flatnonzero(opens & (depth == 2))

@@ -36,15 +36,16 @@ class Activations:
 
 def activations(model: Any) -> Activations:
     """The bytes per row of every layer's outputs in `model` (built, weights or not)."""
-    total = 0
-    largest, largest_bytes = "", -1
-    for layer in _layers(model):
-        size = sum(_tensor_bytes(t) for node in getattr(layer, "_inbound_nodes", ())
-                   for t in _flatten(getattr(node, "output_tensors", ())))
-        total += size
-        if size > largest_bytes:
-            largest, largest_bytes = f"'{layer.name}' ({type(layer).__name__})", size
-    return Activations(total, largest, max(largest_bytes, 0))
+    per_layer: dict[int, tuple[Any, int]] = {}
+    for layer, outputs in _calls(model):
+        size = sum(_tensor_bytes(t) for t in _flatten(outputs))
+        _, before = per_layer.get(id(layer), (layer, 0))
+        per_layer[id(layer)] = (layer, before + size)
+    if not per_layer:
+        return Activations(0, "", 0)
+    layer, size = max(per_layer.values(), key=lambda item: item[1])
+    return Activations(sum(size for _, size in per_layer.values()),
+                       f"'{layer.name}' ({type(layer).__name__})", size)
 
 
 def check_activations(model: Any, pointer: str) -> Activations:
@@ -72,17 +73,28 @@ def activation_error(found: Activations, limit: int) -> DomainError:
                        f"{activation_detail(found, limit)}.", type="/problems/model-unavailable")
 
 
-def _layers(model: Any) -> Iterator[Any]:
-    """Every layer of `model`, nested models' layers included (each once)."""
-    seen: set[int] = set()
-    pending = list(getattr(model, "layers", ()))
-    while pending:
-        layer = pending.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        yield layer
-        pending.extend(getattr(layer, "layers", ()) or ())
+def _calls(model: Any, seen: set[int] | None = None) -> Iterator[tuple[Any, Any]]:
+    """(layer, outputs) for each call of a layer in `model`'s graph, nested models' graphs
+    included. The graph's own nodes (Keras's Functional keeps them by depth; a Sequential
+    wraps a Functional) and not each layer's inbound nodes: loading a saved model calls its
+    layers more than once, and only one call is the model's."""
+    seen = set() if seen is None else seen
+    if id(model) in seen:
+        return
+    seen.add(id(model))
+    graph = model if hasattr(model, "_nodes_by_depth") else getattr(model, "_functional", None)
+    if graph is None:  # not a graph (a bare layer): its first call
+        for layer in getattr(model, "layers", ()):
+            nodes = getattr(layer, "_inbound_nodes", ())
+            if nodes:
+                yield layer, nodes[0].outputs
+        return
+    # Deepest first: from the inputs on, so that of equal layers the earliest is named.
+    for _depth, nodes in sorted(graph._nodes_by_depth.items(), reverse=True):
+        for node in nodes:
+            yield node.operation, node.outputs
+            if hasattr(node.operation, "layers"):  # a nested model: what runs inside it too
+                yield from _calls(node.operation, seen)
 
 
 def _flatten(value: Any) -> Iterator[Any]:
