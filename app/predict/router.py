@@ -28,7 +28,7 @@ from app.core.errors import DomainError, bad_request
 from app.predict import codec, npy, oip
 from app.predict.cache import LoadedModel
 from app.predict.metrics import observed
-from app.predict.rows import check_json_body
+from app.predict.rows import BodyWatch, check_json_body
 from app.predict.schemas import ServingSettings
 from app.predict.service import (
     Ref,
@@ -100,18 +100,25 @@ TOO_LARGE_OR_WRONG_TYPE = problems.responses(413, 415)
 Headers = Mapping[str, str]  # lower-case names
 
 
-async def _body(stream: AsyncIterator[bytes], headers: Headers) -> bytes:
-    """The request body, refused with 413 past KJ_PREDICT_MAX_BODY_BYTES (read no further)."""
+async def _body(stream: AsyncIterator[bytes], headers: Headers,
+                watch: BodyWatch | None = None) -> bytes:
+    """The request body, refused with 413 past KJ_PREDICT_MAX_BODY_BYTES (read no further),
+    or as soon as `watch` finds more rows than a request may hold."""
     limit = get_settings().predict_max_body_bytes
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
+    if watch is not None and declared is not None and declared.isdigit() \
+            and int(declared) < 2 * watch.limit:
+        watch = None  # a row takes 2 bytes at least ("1,"): it cannot hold too many
     chunks, size = [], 0
     try:
         async for chunk in stream:
             size += len(chunk)
             if size > limit:
                 raise _too_large(limit)
+            if watch is not None:
+                watch.feed(chunk)
             chunks.append(chunk)
     except ClientDisconnect:  # nobody is left to answer; not a server error
         raise bad_request("The client closed the connection before the body arrived.") from None
@@ -128,11 +135,13 @@ def _too_large(limit: int) -> DomainError:
 
 @observed("tfserving")  # requests and latency (app/predict/metrics.py), both doors
 async def _predict(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> Response:
-    raw = await _body(stream, headers)
+    # The model first: its inputs and row limit bound the body while it arrives.
     model = await loaded_model(ref)
     inputs, outputs = model.servable.inputs, model.servable.outputs
     content_type = headers.get("content-type")
     max_rows = row_limit(model)  # counted before any array is built
+    raw = await _body(stream, headers, None if npy.is_npy_media(content_type)
+                      else BodyWatch(inputs, *max_rows, rows=True))
     if npy.is_npy_media(content_type):
         arrays, fmt = npy.decode_npy(raw, inputs, content_type=content_type,
                                      max_bytes=get_settings().predict_max_body_bytes,
@@ -387,10 +396,12 @@ async def v2_model_version_ready(caller: CallerDep, name: NameParam,
 
 @observed("v2")
 async def _infer(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> Response:
-    raw = await _body(stream, headers)
     model = await loaded_model(ref)
     inputs, outputs = model.servable.inputs, model.servable.outputs
     header_length = oip.parse_header_length(headers.get(oip.HEADER_LENGTH.lower()))
+    # A JSON-only request's values are bounded as it arrives (binary data holds any bytes).
+    raw = await _body(stream, headers, None if header_length is not None
+                      else BodyWatch(inputs, *row_limit(model), rows=False))
     decode = functools.partial(oip.decode_infer, raw, header_length, inputs, outputs=outputs,
                                max_rows=row_limit(model))
     # A large header holds JSON data: measured and parsed off the event loop.

@@ -30,6 +30,7 @@ from app.core.errors import DomainError
 from app.predict.signature import TensorInfo
 
 CHUNK = 256 << 10
+EARLY_SCAN_BYTES = 1 << 20
 # Room for what a body holds besides its values: keys, the signature name, OIP's shapes.
 SLACK_VALUES = 1024
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -99,6 +100,44 @@ def _check_values(commas: int, inputs: list[TensorInfo], limit: int, why: str) -
             f"hold at most {most:,}. Split the rows over several requests or run a batch "
             "prediction job.", type="/problems/too-large",
             extra={"limit": most, "current": commas + 1})
+
+
+class BodyWatch:
+    """The same checks on a JSON body while it arrives, so that a bomb is refused at its first
+    megabyte instead of after all of it is held: `feed` each chunk (it raises the 413).
+
+    Its values are bounded as the commas come in (one C pass per chunk). Its rows are scanned
+    over the first EARLY_SCAN_BYTES only (on the event loop, which a longer scan would hold
+    up): rows of a few bytes each pass the limit well within it, and a body of longer rows is
+    counted in full once received, off the loop (check_json_body)."""
+
+    def __init__(self, inputs: list[TensorInfo], limit: int, why: str, *, rows: bool) -> None:
+        self.inputs, self.limit, self.why = inputs, limit, why
+        self.commas = 0
+        self.scanned = 0
+        self.scan: _Scan | None = _Scan() if rows else None
+        self.tail = b""  # a string cut at the end of the last chunk
+
+    def feed(self, chunk: bytes) -> None:
+        self.commas += chunk.count(b",")
+        if self.commas >= self.limit:
+            _check_values(self.commas, self.inputs, self.limit, self.why)
+        for start in range(0, len(chunk), CHUNK):  # a server may hand over megabytes at once
+            if self.scan is None:
+                return
+            self._scan(self.scan, chunk[start:start + CHUNK])
+
+    def _scan(self, scan: _Scan, chunk: bytes) -> None:
+        data = self.tail + chunk
+        cut = _open_string(data)
+        piece, self.tail = (data, b"") if cut is None else (data[:cut], data[cut:])
+        self.scanned += len(chunk)
+        scan.feed(np.frombuffer(_STRING.sub(b"", piece).translate(None, _NOT_STRUCTURAL),
+                                np.uint8))
+        if scan.most > self.limit:
+            raise too_many_rows(scan.most, self.limit, self.why)
+        if self.scanned > EARLY_SCAN_BYTES or len(self.tail) > EARLY_SCAN_BYTES:
+            self.scan = None  # the rest is counted once the body is in
 
 
 def json_rows(raw: bytes, stop_after: int) -> int:
