@@ -8,6 +8,8 @@ from this checkout and sends, one at a time:
 - upload: a `.keras` of RepeatVector(20_000_000) then Dense(1) (3 parameters, 14 KB);
 - spec: POST /v1/specs with RepeatVector(1e9);
 - predict-json: a 60 MB body of 10.5 M one-value rows to a served Dense(1);
+- predict-seq: a 60 MB body of 7.5 M rows of one one-step sequence to a model of variable-length inputs
+  (no bound from its values: the rows themselves are counted);
 - infer-json: the same rows as one Open Inference Protocol tensor of shape [10.5 M, 1];
 - label-put: a 300 MB chunked JSON body to PUT /v1/models/m/labels/infer.
 With --predict-bomb, a predict on the uploaded bomb too (when the upload was accepted: on a
@@ -121,10 +123,18 @@ def main() -> int:
         assert http.post("/v1/models/m/versions", files={
             "file": ("m.keras", _keras_bytes(small))}).status_code == 201
         assert http.post("/v1/models/m:predict", json={"instances": [[1.0]]}).status_code == 200
+        ragged = keras.Sequential([keras.Input(shape=(None, 1), name="x"),
+                                   keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+        assert http.post("/v1/models/r/versions", files={
+            "file": ("m.keras", _keras_bytes(ragged))}).status_code == 201
+        assert http.post("/v1/models/r:predict",
+                         json={"instances": [[[1.0]]]}).status_code == 200
         bomb = keras.Sequential([keras.Input(shape=(1,), name="x"),
                                  keras.layers.RepeatVector(20_000_000), keras.layers.Dense(1)])
         bomb_bytes = _keras_bytes(bomb)
         rows = b'{"instances": [' + b",".join([b"[1.5]"] * ROWS) + b"]}"
+        # 8 bytes a row: 7.5 M rows fill the 64 MiB body limit.
+        sequences = b'{"instances": [' + b",".join([b"[[1.5]]"] * 7_500_000) + b"]}"
         data = b",".join([b"1.5"] * ROWS)
         infer = (b'{"inputs": [{"name": "x", "shape": [%d, 1], "datatype": "FP32", "data": [%s]}]}'
                  % (ROWS, data))
@@ -138,6 +148,8 @@ def main() -> int:
                 "compile": {"optimizer": "adam", "loss": "mse"}})),
             ("predict-json", lambda: http.post("/v1/models/m:predict", content=rows,
                                                headers=json_type)),
+            ("predict-seq", lambda: http.post("/v1/models/r:predict", content=sequences,
+                                              headers=json_type)),
             ("infer-json", lambda: http.post("/v2/models/m/infer", content=infer,
                                              headers=json_type)),
             ("label-put", lambda: http.put("/v1/models/m/labels/infer",
