@@ -8,8 +8,8 @@ from this checkout and sends, one at a time:
 - upload: a `.keras` of RepeatVector(20_000_000) then Dense(1) (3 parameters, 14 KB);
 - spec: POST /v1/specs with RepeatVector(1e9);
 - predict-json: a 60 MB body of 10.5 M one-value rows to a served Dense(1);
-- predict-seq: a 60 MB body of 7.5 M rows of one one-step sequence to a model of variable-length inputs
-  (no bound from its values: the rows themselves are counted);
+- predict-seq: a 60 MB body of 7.5 M rows of one one-step sequence to a model of
+  variable-length inputs (no bound from its values: the rows themselves are counted);
 - infer-json: the same rows as one Open Inference Protocol tensor of shape [10.5 M, 1];
 - label-put: a 300 MB chunked JSON body to PUT /v1/models/m/labels/infer.
 With --predict-bomb, a predict on the uploaded bomb too (when the upload was accepted: on a

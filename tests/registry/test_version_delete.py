@@ -83,3 +83,32 @@ def test_a_version_a_job_reads_is_kept(client: Any, keras_file: bytes) -> None:
     assert job.json()["id"] in body["detail"]
     assert client.post(f"/v1/jobs/{job.json()['id']}:cancel").status_code == 202
     assert client.delete(f"/v1/models/{name}/versions/1").status_code == 204
+
+
+def test_client_and_cli_delete_a_version(client: Any, keras_file: bytes) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from keras_jobs.client import Client
+    from keras_jobs.errors import KerasJobsError
+    from tests.helpers import live_server
+
+    name = f"cli-{secrets.token_hex(3)}"
+    for _ in range(3):
+        r = client.post(f"/v1/models/{name}/versions", files={"file": ("m.keras", keras_file)})
+        assert r.status_code == 201, r.text
+    assert client.put(f"/v1/models/{name}/labels/prod", json={"version": 3}).status_code == 200
+    with live_server() as address:
+        url = f"http://{address}"
+        http = Client(url, api_key=os.environ["KJ_API_KEY"])
+        http.delete_version(name, 1)
+        with pytest.raises(KerasJobsError, match="prod"):
+            http.delete_version(name, 3)
+        env = {**os.environ, "KJ_URL": url, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        done = subprocess.run([sys.executable, "-m", "app.cli", "models", "delete-version", name,
+                               "2"], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"deleted {name}/2" in done.stdout
+        assert [v["version"] for v in http.model(name)["versions"]] == [3]
+        http.close()
