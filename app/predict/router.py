@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.api import problems
 from app.api.deps import CALLER_STATE, Caller, CallerDep, SessionDep
 from app.core.config import get_settings
-from app.core.db import session_scope
+from app.core.db import on_commit, session_scope
 from app.core.errors import DomainError, bad_request
 from app.predict import codec, npy, oip
 from app.predict.cache import LoadedModel
@@ -330,6 +330,20 @@ def delete_label(caller: CallerDep, session: SessionDep, name: NameParam,
                  label: LabelParam) -> None:
     registry.delete_label(session, get_serving().store, caller.owner, name, label)
     caller.audit(session, "label.delete", f"model/{name}/labels/{label}")
+
+
+@router.delete("/v1/models/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT,
+               tags=["models"], responses=problems.responses(409))
+def delete_version(caller: CallerDep, session: SessionDep, name: NameParam,
+                   version: VersionParam) -> None:
+    """Delete a version: its file and its stored bytes. 409 while a label points at it (move
+    the label first) or a queued or running job uses it."""
+    serving = get_serving()
+    mv = registry.delete_version(session, serving.store, caller.owner, name, version)
+    version_id = mv.id
+    on_commit(session, lambda: serving.cache.drop(version_id))  # no longer served here
+    caller.audit(session, "model_version.delete", f"model/{name}/{version}",
+                 size_bytes=mv.size_bytes)
 
 
 # --- Open Inference Protocol v2 (KServe, Triton) ------------------------------------------

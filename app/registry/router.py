@@ -9,8 +9,6 @@ from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.multipart import openapi_body, receive_file
 from app.api.schemas import Page
 from app.auth import quotas
-from app.core.db import on_commit
-from app.predict.service import get_serving
 from app.registry import service, upload
 from app.registry.schemas import (
     ModelListItem,
@@ -42,18 +40,6 @@ def download_version(caller: CallerDep, session: SessionDep, store: StoreDep, na
     mv = service.resolve(session, caller.owner, name, version)
     return FileResponse(store.model_file(store.path(mv.artifact_key)), media_type="application/zip",
                         filename=f"{name}-{version}.keras")
-
-
-@router.delete("/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_version(caller: CallerDep, session: SessionDep, store: StoreDep, name: NameParam,
-                   version: VersionParam) -> None:
-    """Delete a version: its file and its stored bytes. 409 while a label points at it (move
-    the label first) or a queued or running job uses it."""
-    mv = service.delete_version(session, store, caller.owner, name, version)
-    version_id = mv.id
-    on_commit(session, lambda: get_serving().cache.drop(version_id))  # not served here now
-    caller.audit(session, "model_version.delete", f"model/{name}/{version}",
-                 size_bytes=mv.size_bytes)
 
 
 @router.post("/{name}/versions", status_code=status.HTTP_201_CREATED,
