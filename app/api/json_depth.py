@@ -11,8 +11,9 @@ than MAX_DEPTH with a 400 problem naming where; other bodies are handed on uncha
 Exactly the routes that read their bodies themselves are passed through untouched, matched
 by method and whole path (a label or a model named `infer` or `versions` is not one of them):
 predict and the Open Inference Protocol's infer (the hot path, bounded by
-KJ_PREDICT_MAX_BODY_BYTES and parsed by app/predict/codec.py after their rows are counted), and
-the multipart uploads (bounded by the tenant's largest upload as they are written to disk).
+KJ_PREDICT_MAX_BODY_BYTES and parsed by app/predict/codec.py after their rows are counted),
+:classify and :regress (refused before their bodies are read), and the multipart uploads
+(bounded by the tenant's largest upload as they are written to disk).
 Bodies FastAPI would not parse as JSON (no content type) are only counted.
 """
 
@@ -32,7 +33,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # path segment; the routes themselves check its pattern.
 _SEGMENT = r"[^/]+"
 _OWN_BODY = re.compile(
-    rf"/v1/models/[^/:]+(?:/versions/{_SEGMENT}|/labels/[^/:]+)?:predict"
+    rf"/v1/models/[^/:]+(?:/versions/{_SEGMENT}|/labels/[^/:]+)?:(?:predict|classify|regress)"
     rf"|/v2/models/{_SEGMENT}(?:/versions/{_SEGMENT})?/infer"
     rf"|/v1/datasets|/v1/models/{_SEGMENT}/versions")
 

@@ -104,10 +104,8 @@ async def _body(stream: AsyncIterator[bytes], headers: Headers,
                 watch: BodyWatch | None = None) -> bytes:
     """The request body, refused with 413 past KJ_PREDICT_MAX_BODY_BYTES (read no further),
     or as soon as `watch` finds more rows than a request may hold."""
-    limit = get_settings().predict_max_body_bytes
+    limit = _check_declared(headers)
     declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
     if watch is not None and declared is not None and declared.isdigit() \
             and int(declared) < 2 * watch.limit:
         watch = None  # a row takes 2 bytes at least ("1,"): it cannot hold too many
@@ -125,6 +123,16 @@ async def _body(stream: AsyncIterator[bytes], headers: Headers,
     return b"".join(chunks)
 
 
+def _check_declared(headers: Headers) -> int:
+    """413 for a body declared past KJ_PREDICT_MAX_BODY_BYTES (before the model is looked up);
+    the limit otherwise."""
+    limit = get_settings().predict_max_body_bytes
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    return limit
+
+
 def _too_large(limit: int) -> DomainError:
     return DomainError(413, "Request body too large", f"A predict body may hold at most {limit} "
                        "bytes; split the rows over several requests or run a batch prediction "
@@ -136,6 +144,7 @@ def _too_large(limit: int) -> DomainError:
 @observed("tfserving")  # requests and latency (app/predict/metrics.py), both doors
 async def _predict(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> Response:
     # The model first: its inputs and row limit bound the body while it arrives.
+    _check_declared(headers)
     model = await loaded_model(ref)
     inputs, outputs = model.servable.inputs, model.servable.outputs
     content_type = headers.get("content-type")
@@ -410,6 +419,7 @@ async def v2_model_version_ready(caller: CallerDep, name: NameParam,
 
 @observed("v2")
 async def _infer(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> Response:
+    _check_declared(headers)
     model = await loaded_model(ref)
     inputs, outputs = model.servable.inputs, model.servable.outputs
     header_length = oip.parse_header_length(headers.get(oip.HEADER_LENGTH.lower()))

@@ -267,6 +267,6 @@ def test_only_the_routes_that_read_their_own_bodies_skip_the_json_checks() -> No
                ("PUT", "/v1/models/m/serving"), ("POST", "/v1/specs"),
                ("POST", "/v1/models/m/labels/infer"), ("PUT", "/v2/models/m/infer"),
                ("POST", "/v1/models/m/versions/1/labels/infer"), ("POST", "/v1/jobs"),
-               ("POST", "/v1/models/m:classify"), ("POST", "/v2/models/m/ready/infer/x")]
+               ("PUT", "/v1/models/m:classify"), ("POST", "/v2/models/m/ready/infer/x")]
     assert all(has_own_body_reader(method, path) for method, path in own)
     assert not any(has_own_body_reader(method, path) for method, path in checked)
