@@ -126,9 +126,11 @@ class Settings(BaseSettings):
     max_spec_params: int = Field(100_000_000, ge=1)
     max_spec_bytes: int = Field(1024**2, ge=1024)
     # What a model's layers output per row of input (app/specs/activations.py), estimated from
-    # their shapes at spec creation, import and `.keras` upload (422 past it) and again when
-    # a stored version is loaded to serve: a weightless RepeatVector(20_000_000) is 80 MB a row.
-    max_activation_bytes_per_row: int = Field(64 * 1024**2, ge=1024)
+    # their shapes at spec creation, import and `.keras` upload (422 past either) and again
+    # when a stored version is loaded to serve: one layer's outputs (a weightless
+    # RepeatVector(20_000_000) is 80 MB a row) and all of them together (ResNet50: 142 MiB).
+    max_layer_output_bytes_per_row: int = Field(64 * 1024**2, ge=1024)
+    max_activation_bytes_per_row: int = Field(512 * 1024**2, ge=1024)
     # One served version's traced batch may take this much activation memory: its largest
     # batch is at most this // its activation bytes per row (and at least 1), and warm-up
     # traces only the batch sizes up to that.

@@ -17,7 +17,7 @@ from app.core.config import get_settings
 from app.core.metrics import CACHE_EVICTIONS, LOADED_MODELS, batch_observer
 from app.predict.batcher import Batcher, BatchPolicy
 from app.predict.servable import Servable
-from app.specs.activations import activation_error
+from app.specs.activations import check_servable
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,10 @@ class ModelCache:
     def _load(self, key: str, name: str, version: int, path: Path,
               policy: BatchPolicy) -> LoadedModel:
         servable = Servable(path)
-        settings = get_settings()
         found = servable.activations
-        if found.bytes_per_row > settings.max_activation_bytes_per_row:
-            # Stored before the limit was checked at upload: never traced, not even one row.
-            raise activation_error(found, settings.max_activation_bytes_per_row)
+        check_servable(found)  # one stored past the limits is never traced, not even a row
         policy = within_memory(policy, found.bytes_per_row,
-                               settings.serving_memory_per_version_bytes)
+                               get_settings().serving_memory_per_version_bytes)
         batcher = Batcher(servable, policy, name=f"{name}/{version}",
                           on_batch=batch_observer(name))
         batcher.warm_up(servable.example())  # every allowed batch size traced now

@@ -9,6 +9,11 @@ elements of its outputs past the batch dimension times their dtype's size, summe
 estimate (TensorFlow frees some outputs early and keeps some intermediates no output shows),
 but it grows with what a request costs, which is what a bound needs. A dimension of unknown
 size (a variable-length sequence) counts as 1: per row and per step.
+
+Two limits: one layer's outputs (KJ_MAX_LAYER_OUTPUT_BYTES_PER_ROW, 64 MiB: the largest of
+ResNet50 at 224x224 is 3.4 MB, a RepeatVector(20_000_000) 80 MB) and all of them together
+(KJ_MAX_ACTIVATION_BYTES_PER_ROW, 512 MiB: ResNet50 at 224x224 sums to 142 MiB, MobileNetV2
+to 83 MiB).
 """
 
 from __future__ import annotations
@@ -48,29 +53,46 @@ def activations(model: Any) -> Activations:
                        f"'{layer.name}' ({type(layer).__name__})", size)
 
 
+def over_limit(found: Activations) -> tuple[str, int, int] | None:
+    """(detail, limit, current) when `found` passes a limit: one layer's outputs past
+    KJ_MAX_LAYER_OUTPUT_BYTES_PER_ROW, or all of them past KJ_MAX_ACTIVATION_BYTES_PER_ROW;
+    None when within both."""
+    settings = get_settings()
+    layer_limit, total_limit = (settings.max_layer_output_bytes_per_row,
+                                settings.max_activation_bytes_per_row)
+    if found.largest_bytes > layer_limit:
+        return (f"layer {found.largest_layer} outputs {found.largest_bytes:,} bytes per row of "
+                f"input (limit {layer_limit:,}, KJ_MAX_LAYER_OUTPUT_BYTES_PER_ROW): make its "
+                "output smaller (fewer units, repeats, steps or channels), or downsample "
+                "earlier in the model", layer_limit, found.largest_bytes)
+    if found.bytes_per_row > total_limit:
+        return (f"the layers' outputs take {found.bytes_per_row:,} bytes per row of input "
+                f"(limit {total_limit:,}, KJ_MAX_ACTIVATION_BYTES_PER_ROW); the largest, "
+                f"{found.largest_layer}, outputs {found.largest_bytes:,}: use fewer or "
+                "smaller layers, or downsample earlier in the model", total_limit,
+                found.bytes_per_row)
+    return None
+
+
 def check_activations(model: Any, pointer: str) -> Activations:
-    """422 (a /problems/spec-limit) when `model`'s layers output more than
-    KJ_MAX_ACTIVATION_BYTES_PER_ROW bytes per row; the figure otherwise."""
+    """422 (a /problems/spec-limit) when `model`'s layers output more per row than the limits
+    allow (over_limit); the figures otherwise."""
     from app.specs.limits import spec_limit
 
     found = activations(model)
-    limit = get_settings().max_activation_bytes_per_row
-    if found.bytes_per_row > limit:
-        raise spec_limit(pointer, activation_detail(found, limit), limit, found.bytes_per_row)
+    refused = over_limit(found)
+    if refused is not None:
+        raise spec_limit(pointer, *refused)
     return found
 
 
-def activation_detail(found: Activations, limit: int) -> str:
-    return (f"the layers' outputs take {found.bytes_per_row:,} bytes per row of input (limit "
-            f"{limit:,}, KJ_MAX_ACTIVATION_BYTES_PER_ROW); the largest, {found.largest_layer}, "
-            f"outputs {found.largest_bytes:,}: make its output smaller (fewer units, repeats, "
-            "steps or channels), or downsample earlier in the model")
-
-
-def activation_error(found: Activations, limit: int) -> DomainError:
-    """The same refusal, for a stored version loaded to serve (a 422 would blame the request)."""
-    return DomainError(503, "Model unavailable", f"This version cannot be served: "
-                       f"{activation_detail(found, limit)}.", type="/problems/model-unavailable")
+def check_servable(found: Activations) -> None:
+    """The same limits for a stored version loaded to serve (one stored before they were
+    checked, or past lowered ones): a 503, since the request is not to blame."""
+    refused = over_limit(found)
+    if refused is not None:
+        raise DomainError(503, "Model unavailable", f"This version cannot be served: "
+                          f"{refused[0]}.", type="/problems/model-unavailable")
 
 
 def _calls(model: Any, seen: set[int] | None = None) -> Iterator[tuple[Any, Any]]:

@@ -1,6 +1,7 @@
-"""What a model's layers output per row is bounded (KJ_MAX_ACTIVATION_BYTES_PER_ROW) wherever a
-model comes in, from a weightless build: a spec, an imported config, a `.keras` upload. A
-RepeatVector(20_000_000) holds 3 parameters and took 21.8 GB to serve."""
+"""What a model's layers output per row is bounded (one layer: KJ_MAX_LAYER_OUTPUT_BYTES_PER_ROW,
+all: KJ_MAX_ACTIVATION_BYTES_PER_ROW) wherever a model comes in, from a weightless build: a
+spec, an imported config, a `.keras` upload. A RepeatVector(20_000_000) holds 3 parameters and
+took 21.8 GB to serve."""
 
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ from tests.helpers import assert_problem
 COMPILE = {"optimizer": "adam", "loss": "mse"}
 
 
-def _activation_problem(r: Any, pointer: str, current: int) -> dict[str, Any]:
+def _activation_problem(r: Any, pointer: str, current: int,
+                        setting: str = "KJ_MAX_LAYER_OUTPUT_BYTES_PER_ROW") -> dict[str, Any]:
     body = assert_problem(r, 422, pointer)
-    limit = get_settings().max_activation_bytes_per_row
+    settings = get_settings()
+    limit = (settings.max_layer_output_bytes_per_row if "LAYER" in setting
+             else settings.max_activation_bytes_per_row)
     assert body["type"] == "/problems/spec-limit"
     assert body["limit"] == limit and body["current"] == current
     assert f"{current:,} bytes per row" in body["detail"]
-    assert f"(limit {limit:,}, KJ_MAX_ACTIVATION_BYTES_PER_ROW)" in body["detail"]
-    assert "(RepeatVector), outputs" in body["detail"]  # the layer to make smaller
+    assert f"(limit {limit:,}, {setting})" in body["detail"]
+    assert "(RepeatVector)" in body["detail"]  # the layer to make smaller
     return body
 
 
@@ -36,8 +40,8 @@ def test_a_spec_whose_layers_output_gigabytes_is_refused(client: Any, unchanged:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    # input 4 + RepeatVector 4e9 + Dense 4e9 bytes per row, never allocated
-    _activation_problem(r, "/layers", 4 + 8_000_000_000)
+    # RepeatVector's 4e9 bytes per row (and Dense's), never allocated
+    _activation_problem(r, "/layers", 4_000_000_000)
     assert peak < 64 << 20
 
 
@@ -50,7 +54,7 @@ def test_an_imported_config_is_held_to_it_too(client: Any, unchanged: None) -> N
     config["config"]["layers"][1]["config"]["n"] = 20_000_000
     r = client.post("/v1/specs", json={"name": "bomb", "keras_config": config,
                                        "compile": COMPILE})
-    _activation_problem(r, "/keras_config", 4 + 160_000_000)
+    _activation_problem(r, "/keras_config", 80_000_000)
 
 
 def test_a_keras_upload_whose_layers_output_gigabytes_is_refused(
@@ -65,7 +69,16 @@ def test_a_keras_upload_whose_layers_output_gigabytes_is_refused(
     assert path.stat().st_size < 64 << 10
     r = client.post("/v1/models/activation-bomb/versions",
                     files={"file": ("m.keras", path.read_bytes())})
-    _activation_problem(r, "/file/config.json", 4 + 160_000_000)
+    _activation_problem(r, "/file/config.json", 80_000_000)
+
+
+def test_many_layers_within_the_layer_limit_add_up(client: Any, unchanged: None) -> None:
+    """16 outputs of 40 MB a row: each within 64 MiB, 640 MB together past 512 MiB."""
+    layers = [{"type": "RepeatVector", "n": 10_000_000}] + [
+        {"type": "Dense", "units": 1} for _ in range(15)]
+    r = client.post("/v1/specs", json={"name": "wide", "inputs": [{"name": "x", "shape": [1]}],
+                                       "compile": COMPILE, "layers": layers})
+    _activation_problem(r, "/layers", 4 + 16 * 40_000_000, "KJ_MAX_ACTIVATION_BYTES_PER_ROW")
 
 
 def test_ordinary_models_pass(client: Any) -> None:
@@ -74,3 +87,12 @@ def test_ordinary_models_pass(client: Any) -> None:
             "layers": [{"type": "Conv2D", "filters": 32, "kernel_size": 3},
                        {"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 1}]}
     assert client.post("/v1/specs", json=spec).status_code == 201
+    import keras
+
+    from app.specs.activations import activations, over_limit
+    from app.specs.limits import weightless
+
+    with weightless():  # ImageNet-sized models fit the defaults
+        for build in (keras.applications.ResNet50, keras.applications.MobileNetV2):
+            found = activations(build(weights=None))
+            assert 64 << 20 < found.bytes_per_row < 256 << 20 and over_limit(found) is None
