@@ -78,6 +78,10 @@ def add_commands(parser: argparse.ArgumentParser,
     command(models, "list", model_list, "models and their latest versions")
     command(models, "show", model_show, "a model's versions, metrics and labels") \
         .add_argument("name")
+    remove = command(models, "delete-version", model_delete_version,
+                     "delete a version (move its labels off it first)")
+    remove.add_argument("name")
+    remove.add_argument("version", type=int)
     predict = command(models, "predict", model_predict,
                       "predict with a served version: a .npy/.npz file of inputs, or a "
                       "TensorFlow Serving JSON body ({\"instances\": ...})")
@@ -253,6 +257,13 @@ def model_show(client: Client, args: argparse.Namespace) -> int:
                        v.get("metrics") or {}] for v in model["versions"]])
     emit(args, model, pairs([("model", model["name"]), ("latest", model["latest_version"]),
                              ("labels", labels)]) + "\n\n" + versions)
+    return 0
+
+
+def model_delete_version(client: Client, args: argparse.Namespace) -> int:
+    client.delete_version(args.name, args.version)
+    emit(args, {"name": args.name, "version": args.version, "deleted": True},
+         f"deleted {args.name}/{args.version}")
     return 0
 
 

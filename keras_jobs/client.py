@@ -261,6 +261,11 @@ class Client:
     def model(self, name: str) -> dict[str, Any]:
         return dict(self.transport.json("GET", _model_path(name)))
 
+    def delete_version(self, name: str, version: int) -> None:
+        """Delete a version of `name` (its file too); refused (409) while a label points at
+        it or a queued or running job uses it."""
+        self.transport.request("DELETE", _model_path(name, version))
+
     def predict_json(self, name: str, body: Any, version: int | None = None,
                      label: str | None = None) -> dict[str, Any]:
         """TensorFlow Serving's JSON predict: `{"instances": ...}` or `{"inputs": ...}`."""

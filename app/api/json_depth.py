@@ -8,15 +8,18 @@ body"), pydantic's serialiser and the spec checker a few hundred levels earlier,
 pure-ASGI middleware reads the body of a JSON request first, and answers a body nested deeper
 than MAX_DEPTH with a 400 problem naming where; other bodies are handed on unchanged.
 
-Predict and the Open Inference Protocol routes are passed through untouched: they are the hot
-path, read their bodies themselves, and parse them with their own bounded parser
-(app/predict/codec.py parse_json). So are requests whose body FastAPI would not parse as JSON
-(no content type) are only counted. Uploads (multipart, bounded by the tenant's largest
-upload as they are written to disk) and predict (KJ_PREDICT_MAX_BODY_BYTES) have limits of
-their own.
+Exactly the routes that read their bodies themselves are passed through untouched, matched
+by method and whole path (a label or a model named `infer` or `versions` is not one of them):
+predict and the Open Inference Protocol's infer (the hot path, bounded by
+KJ_PREDICT_MAX_BODY_BYTES and parsed by app/predict/codec.py after their rows are counted),
+:classify and :regress (refused before their bodies are read), and the multipart uploads
+(bounded by the tenant's largest upload as they are written to disk).
+Bodies FastAPI would not parse as JSON (no content type) are only counted.
 """
 
 from __future__ import annotations
+
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,11 +28,20 @@ from app.core.config import get_settings
 from app.core.json_limits import MAX_DEPTH, too_deep
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-SERVING_SUFFIXES = (":predict", ":classify", ":regress", "/infer")
+# The POST routes that read their own bodies (app/predict/router.py, app/api/multipart.py),
+# matched whole (re.fullmatch: `$` would also match before a trailing newline). A name is one
+# path segment; the routes themselves check its pattern.
+_SEGMENT = r"[^/]+"
+_OWN_BODY = re.compile(
+    rf"/v1/models/[^/:]+(?:/versions/{_SEGMENT}|/labels/[^/:]+)?:(?:predict|classify|regress)"
+    rf"|/v2/models/{_SEGMENT}(?:/versions/{_SEGMENT})?/infer"
+    rf"|/v1/datasets|/v1/models/{_SEGMENT}/versions")
 
 
-def _has_own_parser(path: str) -> bool:
-    return path.startswith("/v2") or path.endswith(SERVING_SUFFIXES)
+def has_own_body_reader(method: str, path: str) -> bool:
+    """Whether a `method` request to `path` is one of the routes that bound and parse their
+    bodies themselves (and so skip this middleware)."""
+    return method == "POST" and _OWN_BODY.fullmatch(path) is not None
 
 
 def _is_json(scope: Scope) -> bool:
@@ -52,7 +64,7 @@ class JsonDepthLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["method"] not in BODY_METHODS
-                or _has_own_parser(scope["path"]) or _is_upload(scope["path"])):
+                or has_own_body_reader(scope["method"], scope["path"])):
             await self.app(scope, receive, send)
             return
         limit = get_settings().max_json_body_bytes
@@ -75,11 +87,6 @@ class JsonDepthLimit:
             await response(scope, receive, send)
             return
         await self.app(scope, _replay(messages, receive), send)
-
-
-def _is_upload(path: str) -> bool:
-    return path == "/v1/datasets" or (path.startswith("/v1/models/")
-                                      and path.endswith("/versions"))
 
 
 def _declared(scope: Scope) -> int:

@@ -148,6 +148,16 @@ class Settings(BaseSettings):
     max_spec_layers: int = Field(1000, ge=1)
     max_spec_params: int = Field(100_000_000, ge=1)
     max_spec_bytes: int = Field(1024**2, ge=1024)
+    # What a model's layers output per row of input (app/specs/activations.py), estimated from
+    # their shapes at spec creation, import and `.keras` upload (422 past either) and again
+    # when a stored version is loaded to serve: one layer's outputs (a weightless
+    # RepeatVector(20_000_000) is 80 MB a row) and all of them together (ResNet50: 142 MiB).
+    max_layer_output_bytes_per_row: int = Field(64 * 1024**2, ge=1024)
+    max_activation_bytes_per_row: int = Field(512 * 1024**2, ge=1024)
+    # One served version's traced batch may take this much activation memory: its largest
+    # batch is at most this // its activation bytes per row (and at least 1), and warm-up
+    # traces only the batch sizes up to that.
+    serving_memory_per_version_bytes: int = Field(1024**3, ge=1024)
     # Requests per key per minute on predict routes and on writes (POST/PUT/PATCH/DELETE),
     # counted in Redis when it is the broker (shared by every API process), else per process.
     # 0: no limit.

@@ -1,9 +1,11 @@
 """Loaded models, kept per API process: each a Servable with its own dynamic batcher, warmed
-with one batch of every allowed size before it takes traffic. Bounded by a count and by the
+with one batch of every allowed size before it takes traffic; its largest batch bounded by
+what its layers output per row (KJ_SERVING_MEMORY_PER_VERSION_BYTES). Bounded by a count and by the
 weights' memory; least recently used evicted first."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
@@ -11,15 +13,28 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.core.config import get_settings
 from app.core.metrics import CACHE_EVICTIONS, LOADED_MODELS, batch_observer
 from app.predict.batcher import Batcher, BatchPolicy
 from app.predict.servable import Servable
+from app.specs.activations import check_servable
 
 log = logging.getLogger(__name__)
 
 
 def cache_key(version_id: str, policy: BatchPolicy) -> str:
     return f"{version_id}:{hash(policy)}"
+
+
+def within_memory(policy: BatchPolicy, bytes_per_row: int, budget: int) -> BatchPolicy:
+    """`policy` with its batches capped so that one traced batch of a model whose layers
+    output `bytes_per_row` stays within `budget` bytes (at least one row). Requests larger
+    than the cap are split by the batcher; warm-up traces only the sizes kept."""
+    cap = max(1, budget // max(1, bytes_per_row))
+    if cap >= policy.max_batch_size:
+        return policy
+    sizes = tuple(s for s in policy.allowed_batch_sizes if s < cap)
+    return dataclasses.replace(policy, max_batch_size=cap, allowed_batch_sizes=(*sizes, cap))
 
 
 @dataclass
@@ -92,6 +107,10 @@ class ModelCache:
     def _load(self, key: str, name: str, version: int, path: Path,
               policy: BatchPolicy) -> LoadedModel:
         servable = Servable(path)
+        found = servable.activations
+        check_servable(found)  # one stored past the limits is never traced, not even a row
+        policy = within_memory(policy, found.bytes_per_row,
+                               get_settings().serving_memory_per_version_bytes)
         batcher = Batcher(servable, policy, name=f"{name}/{version}",
                           on_batch=batch_observer(name))
         batcher.warm_up(servable.example())  # every allowed batch size traced now
@@ -113,6 +132,13 @@ class ModelCache:
             self.stats.evictions += 1
             CACHE_EVICTIONS.inc()
             log.info("evicted %s/%s from the model cache", evicted.name, evicted.version)
+
+    def drop(self, version_id: str) -> None:
+        """Unload a deleted version (every batching policy it was loaded with)."""
+        with self._lock:
+            for key in [k for k in self._items if k.startswith(f"{version_id}:")]:
+                self._items.pop(key).batcher.shutdown()
+            LOADED_MODELS.set(len(self._items))
 
     def loaded(self) -> list[LoadedModel]:
         with self._lock:

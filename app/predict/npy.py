@@ -21,6 +21,7 @@ from numpy.lib import format as npformat
 
 from app.core.archives import open_zip, read_member
 from app.core.errors import DomainError
+from app.predict.rows import too_many_rows
 from app.predict.signature import TensorInfo, check_array, pointer_token, problem
 
 NPY = "application/x-npy"
@@ -43,17 +44,19 @@ def is_npy_media(content_type: str | None) -> bool:
 
 
 def decode_npy(raw: bytes, inputs: list[TensorInfo], *, content_type: str | None = None,
-               max_bytes: int = DEFAULT_MAX_BYTES) -> list[np.ndarray[Any, Any]]:
+               max_bytes: int = DEFAULT_MAX_BYTES,
+               max_rows: tuple[int, str] | None = None) -> list[np.ndarray[Any, Any]]:
     """Arrays in model-input order from a .npy body (single-input models) or an .npz body.
 
     `content_type` (the request's Content-Type) picks the format; without one the body's magic
-    bytes do. `max_bytes` bounds the uncompressed size of every array and of all together.
+    bytes do. `max_bytes` bounds the uncompressed size of every array and of all together;
+    `max_rows` (the limit, and why) every array's rows, read from its header (413).
     """
     kind = media_type(content_type) if content_type else _sniff(raw)
     if kind == NPY:
-        return [_decode_single(raw, inputs, max_bytes)]
+        return [_decode_single(raw, inputs, max_bytes, max_rows)]
     if kind in (NPZ, ZIP):
-        return _decode_archive(raw, inputs, max_bytes)
+        return _decode_archive(raw, inputs, max_bytes, max_rows)
     raise problem(f"Unsupported content type {kind!r} for tensors; send {NPY} (one array) or "
                   f"{NPZ} (one member per input).", "", f"{NPY} or {NPZ}", status=415)
 
@@ -66,18 +69,18 @@ def _sniff(raw: bytes) -> str:
     return "unknown (neither .npy nor .npz magic bytes)"
 
 
-def _decode_single(raw: bytes, inputs: list[TensorInfo],
-                   max_bytes: int) -> np.ndarray[Any, Any]:
+def _decode_single(raw: bytes, inputs: list[TensorInfo], max_bytes: int,
+                   max_rows: tuple[int, str] | None) -> np.ndarray[Any, Any]:
     if len(inputs) != 1:
         names = [i.name for i in inputs]
         raise problem(f"This model has several inputs {names}; send an {NPZ} archive with "
                       "one member per input.", "", f"{NPZ} with members {names}", status=415)
     info = inputs[0]
-    return check_array(read_npy(raw, info.name, "", max_bytes), info, "")
+    return check_array(read_npy(raw, info.name, "", max_bytes, max_rows), info, "")
 
 
-def read_npy(raw: bytes, name: str, pointer: str,
-             max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray[Any, Any]:
+def read_npy(raw: bytes, name: str, pointer: str, max_bytes: int = DEFAULT_MAX_BYTES,
+             max_rows: tuple[int, str] | None = None) -> np.ndarray[Any, Any]:
     """The array in one .npy file, viewed in place; 400/413 problems for anything else."""
     stream = io.BytesIO(raw)
     try:
@@ -95,6 +98,8 @@ def read_npy(raw: bytes, name: str, pointer: str,
         raise problem(f"'{name}' has dtype {dtype}; only numeric and boolean arrays are "
                       "accepted (object arrays would need pickle).", pointer,
                       "a numeric .npy array")
+    if max_rows is not None and shape and shape[0] > max_rows[0]:
+        raise too_many_rows(shape[0], *max_rows)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > max_bytes:
         raise _too_large(name, nbytes, max_bytes, pointer)
@@ -112,8 +117,8 @@ def _too_large(name: str, nbytes: int, max_bytes: int, pointer: str) -> Exceptio
                    f"{max_bytes} bytes.", pointer, f"at most {max_bytes} bytes", status=413)
 
 
-def _decode_archive(raw: bytes, inputs: list[TensorInfo],
-                    max_bytes: int) -> list[np.ndarray[Any, Any]]:
+def _decode_archive(raw: bytes, inputs: list[TensorInfo], max_bytes: int,
+                    max_rows: tuple[int, str] | None) -> list[np.ndarray[Any, Any]]:
     try:
         # Checked from the end record and the central directory alone (nothing inflated):
         # count, names, links, declared uncompressed sizes; a zip bomb costs a header read.
@@ -126,8 +131,9 @@ def _decode_archive(raw: bytes, inputs: list[TensorInfo],
         raise _as_problem(exc) from None
     with archive:
         members = _members(entries, inputs)
-        return [check_array(_read_member(archive, members[i.name], i.name, max_bytes), i,
-                            f"/{pointer_token(i.name)}") for i in inputs]
+        return [check_array(_read_member(archive, members[i.name], i.name, max_bytes,
+                                         max_rows), i, f"/{pointer_token(i.name)}")
+                for i in inputs]
 
 
 def _as_problem(exc: DomainError) -> DomainError:
@@ -159,7 +165,7 @@ def _members(entries: list[zipfile.ZipInfo],
 
 
 def _read_member(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, name: str,
-                 max_bytes: int) -> np.ndarray[Any, Any]:
+                 max_bytes: int, max_rows: tuple[int, str] | None) -> np.ndarray[Any, Any]:
     pointer = f"/{pointer_token(name)}"
     try:
         # In bounded chunks up to the declared size (a whole-member read would inflate all of
@@ -169,7 +175,7 @@ def _read_member(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, name: str,
             OSError, EOFError) as exc:
         raise problem(f"Archive member '{entry.filename}' cannot be read: {exc}", pointer,
                       "a .npy member written by numpy.savez") from None
-    return read_npy(data, name, pointer, max_bytes)
+    return read_npy(data, name, pointer, max_bytes, max_rows)
 
 
 def encode_npy(outputs: list[np.ndarray[Any, Any]],

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from app.predict.codec import dumps, parse_json
+from app.predict.rows import check_infer_header
 from app.predict.signature import (
     TensorInfo,
     check_array,
@@ -53,13 +54,17 @@ def parse_header_length(value: str | None) -> int | None:
 
 def decode_infer(raw: bytes, header_length: int | None, inputs: list[TensorInfo], *,
                  outputs: list[TensorInfo] | None = None,
+                 max_rows: tuple[int, str] | None = None,
                  ) -> tuple[Arrays, list[str] | None, set[str] | bool, str | None]:
     """Arrays in model-input order; the requested output names (None: all); which outputs to
     send in binary (a set when outputs are named, else one flag for all); the request id.
 
-    `outputs`, when given, lets unknown requested outputs be refused before the model runs.
+    `outputs`, when given, lets unknown requested outputs be refused before the model runs;
+    `max_rows` (the limit, and why), a tensor of more rows (413), before its data is parsed.
     """
     header, tail = _split(raw, header_length)
+    if max_rows is not None:
+        check_infer_header(header, inputs, *max_rows)
     body = parse_json(header)
     if not isinstance(body, dict):
         raise problem("The inference request must be a JSON object.", "",

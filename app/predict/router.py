@@ -8,6 +8,7 @@ leaves the event loop."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -24,16 +25,18 @@ from app.api.deps import CALLER_STATE, Caller, CallerDep, SessionDep
 from app.api.route_access import found_route
 from app.auth.access import MODEL_STATUS, PREDICT, requires
 from app.core.config import get_settings
-from app.core.db import session_scope
+from app.core.db import on_commit, session_scope
 from app.core.errors import DomainError, bad_request
 from app.predict import codec, npy, oip
 from app.predict.cache import LoadedModel
 from app.predict.metrics import observed
+from app.predict.rows import BodyWatch, check_json_body
 from app.predict.schemas import ServingSettings
 from app.predict.service import (
     Ref,
     get_serving,
     loaded_model,
+    row_limit,
     run,
     serving_settings,
     set_serving_settings,
@@ -99,22 +102,37 @@ TOO_LARGE_OR_WRONG_TYPE = problems.responses(413, 415)
 Headers = Mapping[str, str]  # lower-case names
 
 
-async def _body(stream: AsyncIterator[bytes], headers: Headers) -> bytes:
-    """The request body, refused with 413 past KJ_PREDICT_MAX_BODY_BYTES (read no further)."""
-    limit = get_settings().predict_max_body_bytes
+async def _body(stream: AsyncIterator[bytes], headers: Headers,
+                watch: BodyWatch | None = None) -> bytes:
+    """The request body, refused with 413 past KJ_PREDICT_MAX_BODY_BYTES (read no further),
+    or as soon as `watch` finds more rows than a request may hold."""
+    limit = _check_declared(headers)
     declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    if watch is not None and declared is not None and declared.isdigit() \
+            and int(declared) < 2 * watch.limit:
+        watch = None  # a row takes 2 bytes at least ("1,"): it cannot hold too many
     chunks, size = [], 0
     try:
         async for chunk in stream:
             size += len(chunk)
             if size > limit:
                 raise _too_large(limit)
+            if watch is not None:
+                watch.feed(chunk)
             chunks.append(chunk)
     except ClientDisconnect:  # nobody is left to answer; not a server error
         raise bad_request("The client closed the connection before the body arrived.") from None
     return b"".join(chunks)
+
+
+def _check_declared(headers: Headers) -> int:
+    """413 for a body declared past KJ_PREDICT_MAX_BODY_BYTES (before the model is looked up);
+    the limit otherwise."""
+    limit = get_settings().predict_max_body_bytes
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    return limit
 
 
 def _too_large(limit: int) -> DomainError:
@@ -127,17 +145,22 @@ def _too_large(limit: int) -> DomainError:
 
 @observed("tfserving")  # requests and latency (app/predict/metrics.py), both doors
 async def _predict(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> Response:
-    raw = await _body(stream, headers)
+    # The model first: its inputs and row limit bound the body while it arrives.
+    _check_declared(headers)
     model = await loaded_model(ref)
     inputs, outputs = model.servable.inputs, model.servable.outputs
     content_type = headers.get("content-type")
+    max_rows = row_limit(model)  # counted before any array is built
+    raw = await _body(stream, headers, None if npy.is_npy_media(content_type)
+                      else BodyWatch(inputs, *max_rows, rows=True))
     if npy.is_npy_media(content_type):
         arrays, fmt = npy.decode_npy(raw, inputs, content_type=content_type,
-                                     max_bytes=get_settings().predict_max_body_bytes), "column"
+                                     max_bytes=get_settings().predict_max_body_bytes,
+                                     max_rows=max_rows), "column"
     elif len(raw) > OFF_LOOP_BYTES:  # a large JSON body would stall every other request
-        arrays, fmt = await run_in_threadpool(_decode_json, raw, inputs)
+        arrays, fmt = await run_in_threadpool(_decode_json, raw, inputs, max_rows)
     else:  # TF Serving reads JSON whatever the content type (curl -d sends a form type)
-        arrays, fmt = _decode_json(raw, inputs)
+        arrays, fmt = _decode_json(raw, inputs, max_rows)
     results = await run(ref, model, arrays)
     if npy.wants_npy(headers.get("accept")):
         body, media = npy.encode_npy(results, outputs)
@@ -149,7 +172,9 @@ async def _predict(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> 
     return Response(body, media_type="application/json")
 
 
-def _decode_json(raw: bytes, inputs: list[TensorInfo]) -> tuple[list[np.ndarray], str]:
+def _decode_json(raw: bytes, inputs: list[TensorInfo],
+                 max_rows: tuple[int, str]) -> tuple[list[np.ndarray], str]:
+    check_json_body(raw, inputs, *max_rows)  # on the bytes: before a value is parsed
     return codec.decode(codec.parse_json(raw), inputs)
 
 
@@ -330,6 +355,20 @@ def delete_label(caller: CallerDep, session: SessionDep, name: NameParam,
     caller.audit(session, "label.delete", f"model/{name}/labels/{label}")
 
 
+@router.delete("/v1/models/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT,
+               tags=["models"], responses=problems.responses(409))
+def delete_version(caller: CallerDep, session: SessionDep, name: NameParam,
+                   version: VersionParam) -> None:
+    """Delete a version: its file and its stored bytes. 409 while a label points at it (move
+    the label first) or a queued or running job uses it."""
+    serving = get_serving()
+    mv = registry.delete_version(session, serving.store, caller.owner, name, version)
+    version_id = mv.id
+    on_commit(session, lambda: serving.cache.drop(version_id))  # no longer served here
+    caller.audit(session, "model_version.delete", f"model/{name}/{version}",
+                 size_bytes=mv.size_bytes)
+
+
 # --- Open Inference Protocol v2 (KServe, Triton) ------------------------------------------
 
 @router.get("/v2/health/live", tags=["v2"])
@@ -398,12 +437,19 @@ async def v2_model_version_ready(caller: CallerDep, name: NameParam,
 
 @observed("v2")
 async def _infer(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> Response:
-    raw = await _body(stream, headers)
+    _check_declared(headers)
     model = await loaded_model(ref)
     inputs, outputs = model.servable.inputs, model.servable.outputs
     header_length = oip.parse_header_length(headers.get(oip.HEADER_LENGTH.lower()))
-    arrays, requested, binary, request_id = oip.decode_infer(raw, header_length, inputs,
-                                                             outputs=outputs)
+    # A JSON-only request's values are bounded as it arrives (binary data holds any bytes).
+    raw = await _body(stream, headers, None if header_length is not None
+                      else BodyWatch(inputs, *row_limit(model), rows=False))
+    decode = functools.partial(oip.decode_infer, raw, header_length, inputs, outputs=outputs,
+                               max_rows=row_limit(model))
+    # A large header holds JSON data: measured and parsed off the event loop.
+    arrays, requested, binary, request_id = (
+        await run_in_threadpool(decode) if (header_length or len(raw)) > OFF_LOOP_BYTES
+        else decode())
     results = await run(ref, model, arrays)
     body, headers = oip.encode_infer(model.name, model.version, results, outputs, requested,
                                      binary, request_id)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from app.predict.signature import TensorInfo
+from app.specs.activations import activations
 
 __all__ = ["Servable", "TensorInfo"]
 
@@ -32,6 +33,8 @@ class Servable:
         # What the weights hold: the cache's memory budget counts this.
         self.nbytes = int(sum(np.prod(w.shape) * np.dtype(w.dtype).itemsize
                               for w in model.weights))
+        # What its layers output per row (app.specs.activations): bounds the batch it may run.
+        self.activations = activations(model)
         self.traces = 0  # how often TensorFlow traced `call` (tests check warm-up covers all)
 
         def call(*xs: Any) -> Any:

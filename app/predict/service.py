@@ -26,6 +26,7 @@ from app.core.errors import DomainError, FieldError, invalid
 from app.core.storage import ArtifactStore, get_store
 from app.predict.batcher import BatcherClosed, BatchPolicy, Overloaded
 from app.predict.cache import LoadedModel, ModelCache, cache_key
+from app.predict.rows import too_many_rows
 from app.predict.schemas import ServingSettings
 from app.registry import service as registry
 from app.tables import ModelServing
@@ -173,17 +174,19 @@ async def loaded_model(ref: Ref) -> LoadedModel:
     return model
 
 
+def row_limit(model: LoadedModel) -> tuple[int, str]:
+    """The most rows one request to `model` may hold, and why: KJ_MAX_PREDICT_ROWS, or its
+    queue when that is smaller. Bodies are measured against it before they are parsed."""
+    return min((get_settings().max_predict_rows, "a request may hold"),
+               (model.batcher.policy.max_queued_rows, "this model queues"))
+
+
 async def run(ref: Ref, model: LoadedModel, arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Through the model's batcher. A model evicted while the request waited is loaded again
     and the request retried once; a full queue is a 503 with Retry-After."""
-    queued = model.batcher.policy.max_queued_rows
-    limit, why = min((get_settings().max_predict_rows, "a request may hold"),
-                     (queued, "this model queues"))
+    limit, why = row_limit(model)
     if len(arrays[0]) > limit:  # retrying could never help
-        raise DomainError(413, "Too many rows", f"{len(arrays[0])} rows in one request; {why} "
-                          f"at most {limit}. Split the rows over several requests or run a "
-                          "batch prediction job.", type="/problems/too-large",
-                          extra={"limit": limit, "current": len(arrays[0])})
+        raise too_many_rows(len(arrays[0]), limit, why)
     try:
         try:
             return await model.batcher.predict(arrays)

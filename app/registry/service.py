@@ -16,7 +16,7 @@ from app.auth import quotas
 from app.core.db import on_commit, on_rollback, upsert
 from app.core.errors import FieldError, conflict, invalid, not_found
 from app.core.storage import ArtifactStore
-from app.tables import ModelLabel, ModelVersion
+from app.tables import Job, JobStatus, ModelLabel, ModelVersion
 from app.tables.base import utcnow
 
 # Segments and verbs of the model routes (/v1/models/{name}/labels/{label}[...], and the
@@ -130,6 +130,36 @@ def delete_label(session: Session, store: ArtifactStore, owner: str, name: str,
     session.delete(row)
     session.flush()
     on_commit(session, store.bump_generation)
+
+
+def delete_version(session: Session, store: ArtifactStore, owner: str, name: str,
+                   version: int) -> ModelVersion:
+    """Remove version `version` of `name`: its row (and with it its stored bytes) now, its
+    files once the transaction commits. 409 while a label points at it (move the label
+    first) or a queued or running job reads it."""
+    mv = resolve(session, owner, name, version)
+    pointing = sorted(label for label, v in labels(session, owner, name).items()
+                      if v == version)
+    if pointing:
+        raise conflict(f"Version {version} of '{name}' is what label(s) {', '.join(pointing)} "
+                       "point at; move them to another version (PUT .../labels/{label}) or "
+                       "delete them first.")
+    active = session.scalars(select(Job).where(
+        Job.owner == owner, Job.status.in_([JobStatus.queued, JobStatus.running]))).all()
+    users = [job.id for job in active
+             if mv.id in (job.params.get("model_version_id"),
+                          job.params.get("from_model_version_id"))]
+    if users:
+        raise conflict(f"Version {version} of '{name}' is used by {len(users)} queued or "
+                       f"running job(s) ({', '.join(users[:5])}); cancel them or wait for them "
+                       "to finish before deleting it.")
+    key = mv.artifact_key
+    session.delete(mv)
+    session.flush()
+    # Files go once the row is gone for good; every process re-resolves what it serves.
+    on_commit(session, lambda: store.delete(key))
+    on_commit(session, store.bump_generation)
+    return mv
 
 
 def list_models(session: Session, owner: str, limit: int, offset: int

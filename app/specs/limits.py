@@ -11,7 +11,9 @@ Each is checked before the step whose cost it bounds:
 3. parameters: the model is built `weightless()`, where Keras variables get a shape and no
    memory, and its weights are counted before any is allocated: at most KJ_MAX_SPEC_PARAMS
    (422). The API never allocates a spec's weights at all; a fit job builds the model for
-   real, from a spec that passed here.
+   real, from a spec that passed here;
+4. activations: from the same build, the bytes its layers output per row of input
+   (app.specs.activations): at most KJ_MAX_ACTIVATION_BYTES_PER_ROW (422).
 Nesting depth is bounded earlier (app.core.json_limits: 64 levels).
 
 A refusal is a problem of type /problems/spec-limit (413: /problems/too-large) whose detail
@@ -33,6 +35,7 @@ from keras.src.backend.common import global_state
 from app.core.config import get_settings
 from app.core.errors import DomainError, FieldError
 from app.core.json_limits import pointer_token
+from app.specs.activations import check_activations
 from app.specs.allowlist import REGISTRIES, refuse
 from app.specs.construct import first_line
 
@@ -167,3 +170,4 @@ def check_config_params(config: dict[str, Any], pointer: str) -> None:
     except Exception as exc:  # malformed but allowlisted config
         raise refuse(pointer, f"cannot rebuild the model: {first_line(exc)}") from exc
     check_param_count(model, pointer)
+    check_activations(model, pointer)

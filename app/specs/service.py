@@ -2,10 +2,11 @@
 store the spec with its canonical Keras config and summary.
 
 The model is built without weights (app.specs.limits.weightless): the API only needs its
-config, shapes and parameter count, and a spec asking for billions of parameters is refused
-before any memory is spent on them. Builds run side by side: Keras keeps its building state
-(name counters, the current scope, deferred variables) per thread, so one large spec does not
-make a small one wait; BUILD_SLOTS bounds how many run at once per process.
+config, shapes and parameter count, and a spec asking for billions of parameters (or layers
+outputting gigabytes per row: app.specs.activations) is refused before any memory is spent.
+Builds run side by side: Keras keeps its building state (name counters, the current scope,
+deferred variables) per thread, so one large spec does not make a small one wait; BUILD_SLOTS
+bounds how many run at once per process.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def create(session: Session, owner: str, body: dict[str, Any]) -> Spec:
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise invalid("A spec needs a name.", [FieldError("/name", "a non-empty string of at "
                                                           "most 200 characters is required")])
+    from app.specs.activations import check_activations
     from app.specs.builder import build_model, compile_spec, describe
     from app.specs.limits import check_param_count, check_spec_request, weightless
 
@@ -48,7 +50,9 @@ def create(session: Session, owner: str, body: dict[str, Any]) -> Spec:
     with build_slots:
         with weightless():
             model = build_model(body)
-        check_param_count(model, "/keras_config" if "keras_config" in body else "/layers")
+        pointer = "/keras_config" if "keras_config" in body else "/layers"
+        check_param_count(model, pointer)
+        check_activations(model, pointer)  # what its layers output per row, from shapes
         compile_spec(model, body)  # an optimizer's few scalars are real variables: outside
         keras_config = json.loads(model.to_json())
         summary = describe(model)

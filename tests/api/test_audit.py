@@ -75,6 +75,8 @@ def test_every_change_is_in_the_audit_log_with_who_when_and_the_request(
          "model/audited/serving", json={"max_batch_size": 8})
     call("DELETE /v1/models/{name}/labels/{label}", "label.delete",
          "/v1/models/audited/labels/prod", "model/audited/labels/prod")
+    call("DELETE /v1/models/{name}/versions/{version}", "model_version.delete",
+         "/v1/models/audited/versions/1", "model/audited/1")
     made = call("POST /v1/keys", "key.create", "/v1/keys", f"key/{tenant}-reader",
                 json={"name": f"{tenant}-reader", "scopes": ["read"]})
     call("DELETE /v1/keys/{name}", "key.revoke", f"/v1/keys/{made['name']}", f"key/{made['name']}")

@@ -92,6 +92,11 @@ class World:
         self.as_a("PUT", f"/v1/models/{self.params['name']}/labels/{label}", json={"version": 1})
         return {"label": label}
 
+    def fresh_version(self) -> dict[str, str]:
+        r = self.as_a("POST", "/v1/models/linear-uploads/versions",
+                      files={"file": ("m.keras", self.keras)})
+        return {"name": "linear-uploads", "version": str(r.json()["version"])}
+
     def fresh_key(self) -> dict[str, str]:
         name = f"{self.a}-spare-{secrets.token_hex(3)}"
         make_key(self.a, name, ["read"])
@@ -248,6 +253,8 @@ ROUTES: dict[Route, Entry] = {
         WRITE, 200, body=lambda _w: Body(json={"version": 1}),
         fresh=lambda _w: {"label": f"l{secrets.token_hex(4)}"}),
     ("DELETE", "/v1/models/{name}/labels/{label}"): Entry(WRITE, 204, fresh=World.fresh_label),
+    ("DELETE", "/v1/models/{name}/versions/{version}"): Entry(WRITE, 204,
+                                                             fresh=World.fresh_version),
     ("GET", "/v1/models/{name}/serving"): Entry(READ, 200),
     ("PUT", "/v1/models/{name}/serving"): Entry(WRITE, 200, body=lambda _w: Body(json={})),
     # TensorFlow Serving's predict; :classify and :regress are refused for every model alike.
