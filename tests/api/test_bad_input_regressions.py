@@ -107,7 +107,8 @@ CASES = [
     ("nul-in-spec-text", _spec(description="a\x00b"), 422, "/description"),
     ("nul-in-job-string", _fit(callbacks=[{"type": "EarlyStopping", "monitor": "loss\x00"}]),
      422, "/callbacks/0/monitor"),
-    ("nul-in-id", lambda client, _refs: client.get("/v1/jobs/job_%00"), 404, None),
+    # A control character in the path is refused before routing (no name holds one).
+    ("nul-in-id", lambda client, _refs: client.get("/v1/jobs/job_%00"), 400, "/path"),
     ("batch-size-true", _fit(batch_size=True), 422, "/batch_size"),
     ("class-name-not-a-string", _spec(layers=[{"type": "Dense", "units": 1, "kernel_regularizer": {
         "class_name": ["L2"], "config": {}}}]), 422, "/layers/0/kernel_regularizer/class_name"),
