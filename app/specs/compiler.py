@@ -7,7 +7,8 @@ computes the same on every worker.
 Mixed precision: a `mixed_float16` model compiled by Keras gets its optimizer wrapped in a
 LossScaleOptimizer (dynamic loss scaling); a spec may name that wrapper (as a notebook
 model's serialized optimizer does) with its inner optimizer and scaling settings, and it is
-rebuilt as given. Without it, compile wraps the optimizer itself for a mixed_float16 model.
+rebuilt as given. Without it, the optimizer is wrapped with Keras's defaults when any layer
+runs under mixed_float16 (what compile does for a model built under that global policy).
 """
 
 from __future__ import annotations
@@ -58,12 +59,32 @@ def compile_model(model: Any, compile_block: dict[str, Any], pointer: str = "/co
     for key in ("metrics", "weighted_metrics"):
         if key in compile_block and compile_block[key] is not None:
             kwargs[key] = _metrics(compile_block[key], pointer_join(pointer, key), outputs)
+    if auto_scale_loss and _mixed_float16(model):
+        optimizer = _loss_scaled(optimizer)
     try:
         model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile,
                       auto_scale_loss=auto_scale_loss, **kwargs)
     except Exception as exc:  # structure mismatches Keras detects itself
         raise refuse(pointer, f"cannot compile the model: {' '.join(str(exc).split())}") \
             from exc
+
+
+def _mixed_float16(model: Any) -> bool:
+    """Whether any layer computes in float16 under mixed_float16. Keras wraps the optimizer
+    when the model's own policy is mixed_float16 (a model built under that global policy); a
+    model rebuilt from its config here has float32 as its own, with its layers' kept."""
+    return any(getattr(getattr(layer, "dtype_policy", None), "name", None) == "mixed_float16"
+               for layer in model._flatten_layers(include_self=True, recursive=True))
+
+
+def _loss_scaled(optimizer: Any) -> Any:
+    import keras
+
+    if isinstance(optimizer, str):
+        optimizer = keras.optimizers.get(optimizer)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer
+    return keras.optimizers.LossScaleOptimizer(optimizer)
 
 
 def _optimizer(value: Any, pointer: str) -> Any:
