@@ -47,6 +47,13 @@ def test_bfloat16_batch_predictions_are_stored_as_float32(tmp_path: Path) -> Non
     assert stored.dtype == np.float32
     np.testing.assert_array_equal(stored, model.predict(x, batch_size=16, verbose=0)
                                   .astype("float32"))
+    # Whatever calls the model: a bfloat16 result is never written as `|V2` records.
+    again = tmp_path / "again"
+    again.mkdir()
+    batch_predict.predict_to_files(arrays, "x", lambda rows: model.predict(rows, verbose=0),
+                                   again, output_name="p", output_names=[], chunk=16,
+                                   check_cancel=lambda: None)
+    assert np.load(again / "p.npy", allow_pickle=False).dtype == np.float32
 
 
 def test_evaluate_rows_equals_keras_evaluate_also_on_strings(tmp_path: Path) -> None:
@@ -102,6 +109,26 @@ def test_mixed_float16_keeps_loss_scaling_and_trains_as_keras() -> None:
     plain = _dense("mixed_float16")
     compile_model(plain, {"optimizer": "sgd", "loss": "mse"})
     assert isinstance(plain.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_notebook_mixed_float16_model_is_a_valid_spec(client: Any) -> None:
+    """What `client.fit` sends for a model compiled under the mixed_float16 policy: its
+    optimizer serializes as a LossScaleOptimizer, which used to be refused."""
+    import keras
+
+    from keras_jobs.spec import model_spec
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(4),
+                                  keras.layers.Dense(1, dtype="float32")])
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        spec = model_spec(model, "half")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert spec["compile"]["optimizer"]["class_name"] == "LossScaleOptimizer"
+    r = client.post("/v1/specs", json=spec)
+    assert r.status_code == 201, r.text
 
 
 @pytest.mark.parametrize("jit", [True, False, "auto"])
