@@ -95,17 +95,23 @@ def storable(values: Any) -> np.ndarray:
     return arr.astype(np.float32) if arr.dtype.name == "bfloat16" else arr
 
 
-def compiled_predict(model: Any, batch_size: int) -> Predict:
+def compiled_predict(model: Any, batch_size: int,
+                     check_cancel: Callable[[], None] = lambda: None) -> Predict:
     """A chunk -> outputs function calling the model once per batch of `batch_size` rows
     through one `tf.function` (traced for the first batch shape, generalised to any batch size
-    on the first shorter one, as Keras's own predict function is)."""
+    on the first shorter one, as Keras's own predict function is). `check_cancel` runs before
+    each batch: a chunk of small batches can take long."""
     import tensorflow as tf
 
     call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
+    def batch(x: data.Selected) -> Any:
+        check_cancel()
+        return call(x)
+
     def predict(x: data.Selected) -> Any:
         n = data.rows(x)
-        parts = [call(_rows(x, start, start + batch_size))
+        parts = [batch(_rows(x, start, start + batch_size))
                  for start in range(0, n, batch_size)]
         return tf.nest.map_structure(lambda *ys: np.concatenate([y.numpy() for y in ys]),
                                      *parts)
@@ -121,7 +127,7 @@ def predict_job(model: Any, arrays: data.Arrays, selector: Any, out_dir: Path, *
                 batch_size: int, output_name: str, check_cancel: Callable[[], None]) -> Written:
     """What a predict job runs: `predict_to_files` with the model's compiled function."""
     return predict_to_files(
-        arrays, selector, compiled_predict(model, batch_size), out_dir,
+        arrays, selector, compiled_predict(model, batch_size, check_cancel), out_dir,
         output_name=output_name,
         output_names=list(getattr(model, "output_names", None) or []),
         chunk=chunk_rows(batch_size, row_bytes(arrays, selector)), check_cancel=check_cancel)
