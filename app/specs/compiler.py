@@ -216,3 +216,14 @@ def check_compile_config(model: Any, compile_config: Any, pointer: str) -> None:
             continue
         block[key] = value
     compile_model(model, block, pointer)
+
+
+def keep_loss_scaling(model: Any) -> None:
+    """A saved mixed_float16 model loads compiled with its inner optimizer alone: Keras wraps
+    by the model's own policy, which is float32 once loaded. Compile it again from its own
+    compile config, as a spec would be, so training it keeps Keras's loss scaling."""
+    import keras
+
+    if _mixed_float16(model) and not isinstance(model.optimizer,
+                                                 keras.optimizers.LossScaleOptimizer):
+        check_compile_config(model, model.get_compile_config(), "/from_model")

@@ -146,6 +146,7 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
 
     from app.jobs import callback_specs
     from app.specs.builder import adapt_layers, build_compiled
+    from app.specs.compiler import keep_loss_scaling
     from app.specs.model_info import needs_adapting
     from app.training import observe
     from app.training.callbacks import CancelOnFlag, KeepBest, RecordEpochs, StopOnNaN
@@ -169,6 +170,7 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
     else:
         assert p.from_model_version_id is not None
         model = _load_version(p.from_model_version_id, store, compile=True)
+        keep_loss_scaling(model)
     canceller = CancelOnFlag(watcher.requested)
     checkpointer = SafeBackupAndRestore(
         store.path(store.checkpoint_key(job.id)),

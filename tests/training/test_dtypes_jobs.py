@@ -111,6 +111,30 @@ def test_mixed_float16_keeps_loss_scaling_and_trains_as_keras() -> None:
     assert isinstance(plain.optimizer, keras.optimizers.LossScaleOptimizer)
 
 
+def test_saved_mixed_float16_model_keeps_loss_scaling_when_trained_again(
+        tmp_path: Path) -> None:
+    """A fit job from a saved version loads it compiled; Keras alone would drop the wrapper."""
+    import keras
+
+    from app.specs.compiler import keep_loss_scaling
+
+    keras.mixed_precision.set_global_policy("mixed_float16")  # as in a notebook
+    try:
+        model = _dense("mixed_float16")
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", metrics=["mae"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=True, safe_mode=True)
+    assert not isinstance(loaded.optimizer, keras.optimizers.LossScaleOptimizer)
+    keep_loss_scaling(loaded)
+    assert isinstance(loaded.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert loaded.optimizer.inner_optimizer.get_config()["learning_rate"] == pytest.approx(0.01)
+    x = np.random.default_rng(6).normal(size=(64, 3)).astype("float32")
+    assert _fit_history(loaded, x, x[:, :1]) == _fit_history(model, x, x[:, :1])
+
+
 def test_notebook_mixed_float16_model_is_a_valid_spec(client: Any) -> None:
     """What `client.fit` sends for a model compiled under the mixed_float16 policy: its
     optimizer serializes as a LossScaleOptimizer, which used to be refused."""
