@@ -145,7 +145,7 @@ def dumps(body: Any, arrays: list[np.ndarray[Any, Any]]) -> bytes:
     if all(a.dtype.kind in "biu" or (a.dtype.kind == "f" and np.isfinite(a).all())
            for a in arrays):
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    return json.dumps(body, allow_nan=True, separators=(",", ":"),
+    return json.dumps(body, allow_nan=True, separators=(",", ":"), ensure_ascii=False,
                       default=_to_builtin).encode()
 
 

@@ -150,3 +150,30 @@ def test_string_input_over_json_npy_and_oip(client: Any, models: dict[str, Serve
     r = client.post("/v1/models/text:predict", json={"instances": [[1.0]]})
     assert r.status_code == 400
     assert "of string" in r.json()["detail"]
+
+
+def test_string_outputs_and_bfloat16_inputs_without_a_server() -> None:
+    """A string output (a TensorFlow string tensor: an object array of bytes) is text in JSON,
+    `S` bytes in .npy and BYTES over OIP; a bfloat16 input takes JSON numbers and FP32-valued
+    arrays when no value overflows it."""
+    import ml_dtypes
+
+    from app.predict import codec, npy, oip
+    from app.predict.signature import TensorInfo, check_array
+
+    words = TensorInfo("w", (None, 1), "string")
+    out = np.array([[b"caf\xc3\xa9"], [b"x"]], dtype=object)
+    assert codec.encode([out], [words], "row") == '{"predictions":[["café"],["x"]]}'.encode()
+    body, media = npy.encode_npy([out], [words])
+    assert np.load(io.BytesIO(body), allow_pickle=False).tolist() == [[b"caf\xc3\xa9"], [b"x"]]
+    payload, headers = oip.encode_infer("m", 1, [out], [words], None, True, None)
+    res = InferenceServerClient.parse_response_body(payload,
+                                                    header_length=headers.get(HEADER_LENGTH))
+    assert res.as_numpy("w").tolist() == [[b"caf\xc3\xa9"], [b"x"]]
+    assert res.get_output("w")["datatype"] == "BYTES"
+
+    half = TensorInfo("h", (None, 2), "bfloat16")
+    arr = check_array(np.array([[1.5, -2.0]]), half, "")
+    assert arr.dtype == ml_dtypes.bfloat16 and arr.astype("float32").tolist() == [[1.5, -2.0]]
+    with pytest.raises(Exception, match="beyond the range of bfloat16"):
+        check_array(np.array([[1e39, 0.0]]), half, "/instances")
