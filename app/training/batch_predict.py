@@ -183,6 +183,11 @@ def _open(path: Path, first: np.ndarray, num_rows: int) -> np.memmap[Any, Any]:
     if first.ndim == 0:
         raise DomainError(422, "Prediction failed", "The model returned a scalar, not one "
                           "prediction per row.", type="/problems/invalid-input")
+    if first.dtype.kind == "O":  # a string tensor: its width is unknown until the last chunk
+        raise DomainError(422, "Prediction failed", f"The model's output '{path.stem}' is "
+                          "strings, which a predict job cannot store as a dataset array; "
+                          "ask the serving API (:predict or /v2 infer) for it instead.",
+                          type="/problems/invalid-input")
     out: np.memmap[Any, Any] = np.lib.format.open_memmap(
         path, mode="w+", dtype=first.dtype, shape=(num_rows, *first.shape[1:]))
     return out
