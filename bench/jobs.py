@@ -9,12 +9,14 @@ saved `.keras` model, then times, in this one process, on the same model and row
 - keras: `model.predict(x, batch_size)` / `model.evaluate(x, y, batch_size)` on the arrays
   already in memory (what a notebook does).
 
-Each is run once to warm up (tracing), then timed. Prints rows/s and the ratio job / keras.
+Each is run once to warm up (tracing), then job and keras are timed in turn `--repeat` times
+(alternating, so a busy machine slows both alike); the best of each counts. Prints rows/s and
+the ratio job / keras.
 On code without those functions (an older commit) the job side falls back to what its runner
 did then: `model.predict` per chunk of `chunk_rows`, and `model.evaluate` on arrays loaded whole.
 
 Usage: python bench/jobs.py [--rows 1000000] [--eval-rows 1000000] [--features 32]
-                            [--batch 4096] [--repeat 2]
+                            [--batch 4096] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -91,14 +93,19 @@ def job_evaluate(model: Any, arrays: dict[str, np.ndarray], batch: int) -> dict[
     return logs
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    fn()  # warm-up: traces the functions once, as a long job amortises it
-    best, result = float("inf"), None
+def paired(job: Callable[[], Any], keras: Callable[[], Any],
+           repeat: int) -> tuple[float, Any, float, Any]:
+    """Best time and last result of each; the two alternate, so a busy machine slows both."""
+    job()  # warm-up: traces the functions once, as a long job amortises it
+    keras()
+    best = [float("inf"), float("inf")]
+    results: list[Any] = [None, None]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+        for i, fn in enumerate((job, keras)):
+            t0 = time.perf_counter()
+            results[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best[0], results[0], best[1], results[1]
 
 
 def main() -> None:
@@ -107,7 +114,7 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
     import keras
@@ -129,18 +136,16 @@ def main() -> None:
             job_predict(predict_model, arrays, folder / f"out{next(runs)}", args.batch)
 
         rows: list[tuple[str, int, float, float]] = []
-        job_s, _ = timed(job_p, args.repeat)
-        keras_s, expected = timed(lambda: predict_model.predict(
+        job_s, _, keras_s, expected = paired(job_p, lambda: predict_model.predict(
             x_mem, batch_size=args.batch, verbose=0), args.repeat)
         got = np.load(folder / "out1" / "predictions.npy")
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
         rows.append(("predict", args.rows, job_s, keras_s))
 
-        job_s, job_logs = timed(lambda: job_evaluate(eval_model, eval_arrays, args.batch),
-                                args.repeat)
-        keras_s, keras_logs = timed(lambda: eval_model.evaluate(
-            x_mem[:n_eval], y_mem[:n_eval], batch_size=args.batch, return_dict=True,
-            verbose=0), args.repeat)
+        job_s, job_logs, keras_s, keras_logs = paired(
+            lambda: job_evaluate(eval_model, eval_arrays, args.batch),
+            lambda: eval_model.evaluate(x_mem[:n_eval], y_mem[:n_eval], batch_size=args.batch,
+                                        return_dict=True, verbose=0), args.repeat)
         for k, v in keras_logs.items():
             assert abs(job_logs[k] - v) <= 1e-4 * max(1.0, abs(v)), (k, job_logs[k], v)
         rows.append(("evaluate", n_eval, job_s, keras_s))
