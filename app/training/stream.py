@@ -150,9 +150,10 @@ def tf_dtype(dtype: np.dtype[Any]) -> Any:
 def sequential(data: Structure, batch_size: int,
                chunk_bytes: int = SEQUENTIAL_CHUNK_BYTES) -> Any:
     """All rows of `data` in order, in batches of `batch_size` (the last one shorter), as
-    Keras's own array path batches them. The files are read a large chunk at a time on a
-    background thread (a chunk ahead), so reading overlaps the model's work; only the chunks
-    in flight are in memory."""
+    Keras's own array path batches them. The files are read a large chunk (whole batches) at a
+    time on a background thread, a chunk ahead, so reading overlaps the model's work; only the
+    chunks in flight are in memory. tf.data cuts the chunks into batches (`rebatch`: one
+    Python call per chunk, not per batch)."""
     import tensorflow as tf
 
     arrays, rebuild = _flatten(data)
@@ -160,15 +161,12 @@ def sequential(data: Structure, batch_size: int,
     row_bytes = sum(a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64)) for a in arrays)
     chunk = chunk_rows(batch_size, row_bytes, chunk_bytes)
 
-    def batches() -> Any:
+    def chunks() -> Any:
         for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            block = [read_range(a, start, stop) for a in arrays]
-            for b in range(0, stop - start, batch_size):
-                yield tuple(x[b:b + batch_size] for x in block)
+            yield tuple(read_range(a, start, min(start + chunk, n)) for a in arrays)
 
     signature = tuple(tf.TensorSpec((None, *a.shape[1:]), tf_dtype(a.dtype)) for a in arrays)
-    ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    ds = tf.data.Dataset.from_generator(chunks, output_signature=signature).rebatch(batch_size)
     ds = ds.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
     return ds.map(lambda *t: rebuild(list(t))).prefetch(2)
 
