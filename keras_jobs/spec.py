@@ -31,10 +31,11 @@ def model_spec(model: Any, name: str) -> dict[str, Any]:
 def compile_block(model: Any) -> dict[str, Any]:
     """optimizer, loss, loss_weights, metrics and weighted_metrics of a compiled model.
 
-    jit_compile, run_eagerly and steps_per_execution are left out: they say how a machine runs
-    the model, not what it learns, and the worker runs every job without XLA so that CPU and
-    GPU workers agree (Keras resolves jit_compile="auto" to true on a GPU notebook, so sending
-    it would refuse every model compiled there)."""
+    jit_compile goes when it was given as true or false; Keras's default "auto" is left out,
+    and the worker then runs without XLA (auto would turn it on for GPU workers only, and
+    CPU and GPU workers should agree unless asked otherwise). run_eagerly and
+    steps_per_execution are left out: they say how a machine runs the model, not what it
+    learns."""
     from keras.saving import serialize_keras_object
 
     if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
@@ -48,4 +49,6 @@ def compile_block(model: Any) -> dict[str, Any]:
     for key in _OPTIONAL:
         if config.get(key) is not None:
             block[key] = config[key]
+    if isinstance(config.get("jit_compile"), bool):
+        block["jit_compile"] = config["jit_compile"]
     return block

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.predict.signature import TensorInfo, check_array, json_array, pointer_token, problem
+from app.predict.signature import (
+    TensorInfo,
+    check_array,
+    json_array,
+    pointer_token,
+    problem,
+    wire_array,
+)
 
 SIGNATURE_NAME = "serving_default"
 _NON_FINITE_TOKENS = (b"NaN", b"Infinity")
@@ -110,8 +117,10 @@ def _to_array(value: Any, info: TensorInfo, pointer: str) -> np.ndarray[Any, Any
 
 
 def encode(outputs: list[np.ndarray[Any, Any]], infos: list[TensorInfo], fmt: str) -> bytes:
-    """`{"predictions": ...}` for the row format, `{"outputs": ...}` for the column format."""
-    outputs = [np.ascontiguousarray(o) for o in outputs]  # orjson serialises C order only
+    """`{"predictions": ...}` for the row format, `{"outputs": ...}` for the column format.
+    float16 and bfloat16 outputs are written as float32 numbers, string outputs as text."""
+    # orjson serialises C order only, and no float16/bfloat16 (sent as float32, exactly).
+    outputs = [np.ascontiguousarray(wire_array(o)) for o in outputs]
     named = len(outputs) > 1
     body: dict[str, Any]
     if fmt == "column":
@@ -130,11 +139,13 @@ def dumps(body: Any, arrays: list[np.ndarray[Any, Any]]) -> bytes:
 
     orjson writes NaN and ±inf as null, which a client would read as a missing value; TF
     Serving writes the NaN/Infinity/-Infinity tokens. So when a float output (among `arrays`)
-    holds a non-finite value, this one response goes through the stdlib encoder instead.
+    holds a non-finite value, or an output is text (which orjson's NumPy support lacks), this
+    one response goes through the stdlib encoder instead.
     """
-    if all(a.dtype.kind != "f" or np.isfinite(a).all() for a in arrays):
+    if all(a.dtype.kind in "biu" or (a.dtype.kind == "f" and np.isfinite(a).all())
+           for a in arrays):
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    return json.dumps(body, allow_nan=True, separators=(",", ":"),
+    return json.dumps(body, allow_nan=True, separators=(",", ":"), ensure_ascii=False,
                       default=_to_builtin).encode()
 
 

@@ -22,7 +22,7 @@ from numpy.lib import format as npformat
 from app.core.archives import open_zip, read_member
 from app.core.errors import DomainError
 from app.predict.rows import too_many_rows
-from app.predict.signature import TensorInfo, check_array, pointer_token, problem
+from app.predict.signature import BFLOAT16, TensorInfo, check_array, pointer_token, problem
 
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
@@ -94,10 +94,10 @@ def read_npy(raw: bytes, name: str, pointer: str, max_bytes: int = DEFAULT_MAX_B
     except (ValueError, SyntaxError, EOFError, TypeError) as exc:
         raise problem(f"'{name}' is not a valid .npy array: {exc}", pointer,
                       "a .npy file written by numpy.save") from None
-    if dtype.hasobject or dtype.kind not in "biuf":
-        raise problem(f"'{name}' has dtype {dtype}; only numeric and boolean arrays are "
-                      "accepted (object arrays would need pickle).", pointer,
-                      "a numeric .npy array")
+    if dtype.hasobject or dtype.kind not in "biufUS":
+        raise problem(f"'{name}' has dtype {dtype}; only numeric, boolean and string (<U, S) "
+                      "arrays are accepted (object arrays would need pickle).", pointer,
+                      "a numeric or string .npy array")
     if max_rows is not None and shape and shape[0] > max_rows[0]:
         raise too_many_rows(shape[0], *max_rows)
     nbytes = math.prod(shape) * dtype.itemsize
@@ -178,9 +178,34 @@ def _read_member(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, name: str,
     return read_npy(data, name, pointer, max_bytes, max_rows)
 
 
+# Names the outputs a .npy/.npz answer carries in another dtype than the model's.
+CONVERTED_HEADER = "X-Converted-Dtypes"
+
+
+def npy_array(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """An output as a .npy file can hold it: bfloat16 as float32 (exact; NumPy has no
+    bfloat16, and a .npy of ml_dtypes' reads back as opaque `|V2` records), a string tensor's
+    bytes objects as `S` bytes. float16 and every other dtype stay as they are."""
+    if arr.dtype == BFLOAT16:
+        return arr.astype(np.float32)
+    if arr.dtype.kind == "O":
+        return np.array(arr.reshape(-1).tolist(), dtype=np.bytes_).reshape(arr.shape)
+    return arr
+
+
+def converted_header(outputs: list[np.ndarray[Any, Any]],
+                     infos: list[TensorInfo]) -> dict[str, str]:
+    """`X-Converted-Dtypes: y=bfloat16->float32` when encode_npy widened an output."""
+    changed = [f"{i.name}=bfloat16->float32" for i, o in zip(infos, outputs, strict=True)
+               if o.dtype == BFLOAT16]
+    return {CONVERTED_HEADER: ", ".join(changed)} if changed else {}
+
+
 def encode_npy(outputs: list[np.ndarray[Any, Any]],
                infos: list[TensorInfo]) -> tuple[bytes, str]:
-    """One output as .npy bytes, several as an (uncompressed) .npz with one member each."""
+    """One output as .npy bytes, several as an (uncompressed) .npz with one member each
+    (dtypes as `npy_array` gives them)."""
+    outputs = [npy_array(o) for o in outputs]
     buffer = io.BytesIO()
     if len(outputs) == 1:
         np.save(buffer, outputs[0], allow_pickle=False)

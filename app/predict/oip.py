@@ -29,14 +29,15 @@ from app.predict.signature import (
     numpy_dtype,
     oip_datatype,
     problem,
+    wire_array,
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_MEDIA = "application/json"
 BINARY_MEDIA = "application/octet-stream"
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
-# Dtypes a model may declare that this protocol names but this server cannot exchange.
-_METADATA_ONLY = {"string": "BYTES", "object": "BYTES", "bfloat16": "BF16"}
+# BYTES elements in the binary extension: a 4-byte little-endian length, then the bytes.
+_BYTES_LENGTH = np.dtype("<u4")
 
 Arrays = list[np.ndarray[Any, Any]]
 
@@ -144,6 +145,9 @@ def _decode_tensor(tensor: dict[str, Any], info: TensorInfo, tail: memoryview, o
     if "data" in tensor:
         raise problem(f"Input '{info.name}' has both 'data' and binary data.", f"{pointer}/data",
                       "either 'data' or parameters.binary_data_size")
+    if dtype.kind == "O":
+        return _binary_strings(size, shape, info, tail, offset,
+                               f"{pointer}/parameters/binary_data_size")
     arr = _binary_data(size, shape, dtype, info, tail, offset,
                        f"{pointer}/parameters/binary_data_size")
     return arr, offset + arr.nbytes
@@ -214,6 +218,38 @@ def _binary_data(size: Any, shape: tuple[int, ...], dtype: np.dtype[Any], info: 
     return arr if wire == dtype else arr.astype(dtype)
 
 
+def _binary_strings(size: Any, shape: tuple[int, ...], info: TensorInfo, tail: memoryview,
+                    offset: int, pointer: str) -> tuple[np.ndarray[Any, Any], int]:
+    """A BYTES tensor in the binary extension: `count` length-prefixed elements in exactly
+    `size` bytes; as an `S` array for the model's string input."""
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(tail) - offset:
+        raise problem(f"Input '{info.name}' declares binary_data_size {size!r} but "
+                      f"{len(tail) - offset} bytes remain in the body.", pointer,
+                      "the size of the length-prefixed elements")
+    data, count, items, at = bytes(tail[offset:offset + size]), int(np.prod(shape)), [], 0
+    for _ in range(count):
+        if at + 4 > size:
+            break
+        length = int(np.frombuffer(data, _BYTES_LENGTH, 1, at)[0])
+        items.append(data[at + 4:at + 4 + length])
+        at += 4 + length
+    if len(items) != count or at != size:
+        raise problem(f"Input '{info.name}' of shape {list(shape)} needs {count} "
+                      f"length-prefixed elements in exactly {size} bytes.", pointer,
+                      "4-byte little-endian lengths, each followed by its bytes")
+    arr = np.array(items, dtype=np.bytes_).reshape(shape)
+    return check_array(arr, info, pointer), offset + size
+
+
+def _strings_wire(arr: np.ndarray[Any, Any]) -> bytes:
+    """A string output as BYTES elements of the binary extension."""
+    parts = []
+    for value in arr.reshape(-1).tolist():
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        parts += [len(raw).to_bytes(4, "little"), raw]
+    return b"".join(parts)
+
+
 def _requested_outputs(body: dict[str, Any], outputs: list[TensorInfo] | None,
                        ) -> tuple[list[str] | None, set[str] | bool]:
     params = _parameters(body.get("parameters"), "/parameters")
@@ -264,16 +300,24 @@ def encode_infer(model_name: str, version: int | str, outputs: Arrays, infos: li
     binary_names = ({i.name for i, _ in selected} if binary is True
                     else set() if binary is False else binary)
     entries: list[dict[str, Any]] = []
-    chunks: list[np.ndarray[Any, Any]] = []
+    chunks: list[bytes | memoryview] = []
     for info, arr in selected:
+        # Binary tensors go in their own datatype (BF16, FP16, BYTES as Triton sends them);
+        # JSON numbers of float16/bfloat16 are float32 ones (exact), strings text.
         entry: dict[str, Any] = {"name": info.name, "datatype": oip_datatype(arr.dtype),
                                  "shape": list(arr.shape)}
         if info.name in binary_names:
-            wire = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-            entry["parameters"] = {"binary_data_size": wire.nbytes}
-            chunks.append(wire)
+            if arr.dtype.kind in "OSU":
+                raw: bytes | memoryview = _strings_wire(arr)
+            else:
+                # As bytes: a buffer of ml_dtypes' bfloat16 itself cannot be exported.
+                raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).reshape(
+                    -1).view(np.uint8).data
+            entry["parameters"] = {"binary_data_size": raw.nbytes if isinstance(
+                raw, memoryview) else len(raw)}
+            chunks.append(raw)
         else:
-            entry["data"] = np.ascontiguousarray(arr).reshape(-1)
+            entry["data"] = np.ascontiguousarray(wire_array(arr)).reshape(-1)
         entries.append(entry)
     body: dict[str, Any] = {"model_name": model_name, "model_version": str(version)}
     if request_id:
@@ -283,7 +327,7 @@ def encode_infer(model_name: str, version: int | str, outputs: Arrays, infos: li
     if not chunks:
         return header, {"Content-Type": JSON_MEDIA}
     # bytes.join reads each (C-contiguous) array's buffer directly: one copy into the body.
-    payload = b"".join([header, *(c.data for c in chunks)])
+    payload = b"".join([header, *chunks])
     return payload, {"Content-Type": BINARY_MEDIA, HEADER_LENGTH: str(len(header))}
 
 
@@ -309,6 +353,6 @@ def model_metadata(name: str, versions: list[int] | list[str], platform: str,
 
 
 def _tensor_metadata(info: TensorInfo) -> dict[str, Any]:
-    datatype = _METADATA_ONLY.get(info.dtype) or oip_datatype(info.dtype)
+    datatype = "BYTES" if info.dtype == "object" else oip_datatype(info.dtype)
     return {"name": info.name, "datatype": datatype,
             "shape": [-1 if d is None else d for d in info.shape]}

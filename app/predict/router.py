@@ -164,7 +164,7 @@ async def _predict(stream: AsyncIterator[bytes], headers: Headers, ref: Ref) -> 
     results = await run(ref, model, arrays)
     if npy.wants_npy(headers.get("accept")):
         body, media = npy.encode_npy(results, outputs)
-        return Response(body, media_type=media)
+        return Response(body, media_type=media, headers=npy.converted_header(results, outputs))
     if sum(r.size for r in results) > OFF_LOOP_VALUES:
         body = await run_in_threadpool(codec.encode, results, outputs, fmt)
     else:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from app.predict.signature import TensorInfo
+from app.predict.signature import TensorInfo, numpy_dtype_of
 from app.specs.activations import activations
 
 __all__ = ["Servable", "TensorInfo"]
@@ -53,5 +53,6 @@ class Servable:
 
     def example(self) -> list[np.ndarray]:
         """One row of zeros per input (free dimensions as 1), for warming up."""
-        return [np.zeros([1, *(d or 1 for d in i.shape[1:])], dtype=i.dtype)
+        return [np.zeros([1, *(d or 1 for d in i.shape[1:])],
+                         dtype=np.str_ if i.dtype == "string" else numpy_dtype_of(i.dtype))
                 for i in self.inputs]

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from app.core.errors import DomainError, FieldError
 
+BFLOAT16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
 _TITLES = {400: "Bad request", 413: "Payload too large", 415: "Unsupported media type"}
 _TYPES = {400: "/problems/bad-request", 413: "/problems/payload-too-large",
           415: "/problems/unsupported-media-type"}
@@ -92,9 +94,14 @@ def check_array(arr: np.ndarray[Any, Any], info: TensorInfo,
     Casts only where no value changes meaning: integers to floats, wider floats to narrower
     ones unless a finite value would become infinite, integers to narrower integers when every
     value fits. Booleans, floats into integer inputs and anything non-numeric are refused, as
-    TensorFlow Serving does.
+    TensorFlow Serving does. A string input takes text (`<U`) or bytes (`S`) and nothing else.
     """
-    if arr.dtype.kind not in "biuf":
+    if info.dtype == "string":
+        if arr.dtype.kind not in "US":
+            raise _dtype_error(info, _kind_name(arr.dtype), pointer)
+        check_shape(arr.shape, info, pointer)
+        return arr
+    if arr.dtype.kind not in "biuf" and arr.dtype != BFLOAT16:
         raise _dtype_error(info, _kind_name(arr.dtype), pointer)
     check_shape(arr.shape, info, pointer)
     target = _numpy_dtype_of(info, pointer)
@@ -104,17 +111,22 @@ def check_array(arr: np.ndarray[Any, Any], info: TensorInfo,
         raise _dtype_error(info, _kind_name(arr.dtype), pointer)
     if target.kind in "iu":
         return _to_int(arr, target, info, pointer)
-    if target.kind == "f":
+    if target.kind == "f" or target == BFLOAT16:
         return _to_float(arr, target, info, pointer)
     raise _dtype_error(info, _kind_name(arr.dtype), pointer)
 
 
 def _numpy_dtype_of(info: TensorInfo, pointer: str) -> np.dtype[Any]:
     try:
-        return np.dtype(info.dtype)
-    except TypeError:  # e.g. a Keras "string" input: no numeric array can feed it
+        return numpy_dtype_of(info.dtype)
+    except TypeError:
         raise problem(f"Input '{info.name}' is {info.describe()}, which this server cannot "
                       "feed from numbers.", pointer, f"expected {info.describe()}") from None
+
+
+def numpy_dtype_of(dtype: str) -> np.dtype[Any]:
+    """The NumPy dtype of a Keras one; bfloat16 is ml_dtypes' (NumPy has none)."""
+    return BFLOAT16 if dtype == "bfloat16" else np.dtype(dtype)
 
 
 def _to_int(arr: np.ndarray[Any, Any], target: np.dtype[Any], info: TensorInfo,
@@ -137,26 +149,28 @@ def _to_float(arr: np.ndarray[Any, Any], target: np.dtype[Any], info: TensorInfo
     # Most batches are all finite: one pass. Only then look for a finite value that overflowed
     # (1e39 into float32), which TF Serving refuses as a lossy conversion.
     if not np.isfinite(out).all() and (np.isfinite(arr) & ~np.isfinite(out)).any():
-        limit = float(np.finfo(target).max)
+        limit = float(ml_dtypes.finfo(target).max)  # type: ignore[no-untyped-call]
         raise problem(f"Input '{info.name}' holds values beyond the range of {target.name} "
                       f"(±{limit:.4g}); the model expects {info.describe()}.",
                       pointer, f"expected {info.describe()}")
     return out
 
 
-# Open Inference Protocol datatypes. BYTES (strings) and BF16 have no plain NumPy dtype the
-# models here take, so they are refused on the way in.
+# Open Inference Protocol datatypes. BF16 is ml_dtypes' bfloat16 (as tritonclient has it);
+# BYTES is a string tensor (NumPy <U or S here; length-prefixed elements in binary).
 _OIP_BY_NUMPY: dict[str, str] = {
     "bool": "BOOL", "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
     "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-    "float16": "FP16", "float32": "FP32", "float64": "FP64",
+    "float16": "FP16", "bfloat16": "BF16", "float32": "FP32", "float64": "FP64",
+    "string": "BYTES",
 }
 _NUMPY_BY_OIP: dict[str, str] = {v: k for k, v in _OIP_BY_NUMPY.items()}
 
 
 def oip_datatype(dtype: str | np.dtype[Any]) -> str:
     """The OIP datatype ("FP32") of a NumPy / Keras dtype ("float32"); ValueError if none."""
-    name = dtype if isinstance(dtype, str) else dtype.name
+    name = dtype if isinstance(dtype, str) else (
+        "string" if dtype.kind in "USO" else dtype.name)
     try:
         return _OIP_BY_NUMPY[name]
     except KeyError:
@@ -164,10 +178,28 @@ def oip_datatype(dtype: str | np.dtype[Any]) -> str:
 
 
 def numpy_dtype(datatype: Any, pointer: str) -> np.dtype[Any]:
-    """The NumPy dtype of an OIP datatype; a 400 naming the supported ones otherwise."""
+    """The NumPy dtype of an OIP datatype (object for BYTES); a 400 naming the supported ones
+    otherwise."""
     name = _NUMPY_BY_OIP.get(datatype) if isinstance(datatype, str) else None
     if name is None:
         supported = ", ".join(_NUMPY_BY_OIP)
         raise problem(f"Datatype {datatype!r} is not supported; use one of {supported}.",
                       pointer, f"one of {supported}")
-    return np.dtype(name)
+    return np.dtype(object) if name == "string" else numpy_dtype_of(name)
+
+
+def wire_array(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """An output as JSON can carry it: float16 and bfloat16 as float32 (exact), strings (a
+    TensorFlow string tensor's bytes objects) as text."""
+    if arr.dtype == np.float16 or arr.dtype == BFLOAT16:
+        return arr.astype(np.float32)
+    if arr.dtype.kind in "OS":
+        return as_text(arr)
+    return arr
+
+
+def as_text(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """bytes (object or S arrays) decoded as UTF-8 (undecodable bytes replaced)."""
+    flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            for v in arr.reshape(-1).tolist()]
+    return np.array(flat, dtype=np.str_).reshape(arr.shape)

@@ -63,7 +63,8 @@ DENIED_OBJECTS: dict[str, str] = {
     # Need Python objects (layers, variables) that a JSON spec cannot express.
     "MultiOptimizer": "it maps Python layer objects to optimizers",
     "OptimizerMap": "it maps Python variable objects to optimizers",
-    "LossScaleOptimizer": "mixed-precision loss scaling is managed by the service",
+    "LossScaleOptimizer": "it is only accepted as compile's optimizer itself, wrapping an "
+                          "allowed inner_optimizer (mixed_float16 models)",
     # Aggregate arbitrary values, not (y_true, y_pred): meaningless as compile metrics.
     "Mean": "it averages arbitrary values, not predictions",
     "Sum": "it sums arbitrary values, not predictions",

@@ -1,9 +1,15 @@
 """Batch prediction: `model.predict(x, batch_size=b)` over a whole dataset, never all in memory.
 
-Rows are read a chunk at a time from the dataset's `.npy` files, predicted, and written into
-`.npy` files opened with `numpy.lib.format.open_memmap` in a staging folder; those are created
-once the first chunk shows each output's row shape and dtype. A chunk is a whole number of
-batches, so the model sees exactly the batches that `model.predict` over all rows would.
+Rows are read a large chunk at a time from the dataset's `.npy` files, predicted, and written
+into `.npy` files opened with `numpy.lib.format.open_memmap` in a staging folder; those are
+created once the first chunk shows each output's row shape and dtype. A chunk is a whole number
+of batches, and each batch goes through one compiled call of the model (`model(x,
+training=False)` in a `tf.function`, what `model.predict` runs per batch), so the model sees
+exactly the batches that `model.predict` over all rows would, without predict()'s set-up cost
+per chunk.
+
+bfloat16 outputs (a `mixed_bfloat16` model) are written as float32: NumPy has no bfloat16, and
+a `.npy` of one would read back as opaque 2-byte records (`|V2`). The conversion is exact.
 
 Output arrays: a model with one output writes one array named `output_name`; a model with
 several writes `<output_name>.<output>` per output, where `<output>` is the output's name
@@ -24,12 +30,12 @@ import numpy as np
 from app.core.errors import DomainError, FieldError, invalid
 from app.jobs.schemas import ARRAY_NAME_PATTERN
 from app.training import data
-from app.training.stream import _read_rows
+from app.training.stream import read_range
 
-# Input bytes read per chunk, and a cap on its rows: a predict() call has a fixed cost worth
-# spreading over many batches, but the chunk's inputs and outputs are both held in memory.
-CHUNK_BYTES = 16 << 20
-MAX_CHUNK_ROWS = 4096
+# Input bytes read per chunk, and a cap on its rows: the chunk's inputs and outputs are both
+# held in memory, and larger reads gain nothing once they are megabytes.
+CHUNK_BYTES = 64 << 20
+MAX_CHUNK_ROWS = 1 << 18
 
 Predict = Callable[[data.Selected], Any]
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -64,11 +70,10 @@ def row_bytes(arrays: data.Arrays, selector: Any) -> int:
 
 
 def read_chunk(arrays: data.Arrays, selector: Any, start: int, stop: int) -> data.Selected:
-    """Rows [start, stop) of the selected inputs, in memory. Each array's rows are read
-    through a map dropped right after (or one pread per large row): a map over the whole
-    file would keep every page read so far resident, the whole dataset by the last chunk."""
-    rows = np.arange(start, stop)
-    window = {n: _read_rows(arrays[n], rows) for n in set(selected_names(selector))
+    """Rows [start, stop) of the selected inputs, in memory, each array's in one pread: a map
+    over the whole file would keep every page read so far resident, the whole dataset by the
+    last chunk."""
+    window = {n: read_range(arrays[n], start, stop) for n in set(selected_names(selector))
               if n in arrays}
     return data.select(window, selector, "/x")
 
@@ -76,12 +81,56 @@ def read_chunk(arrays: data.Arrays, selector: Any, start: int, stop: int) -> dat
 def output_arrays(result: Any, output_names: Sequence[str]) -> dict[str, np.ndarray]:
     """A predict() result as {model output name: rows}, in the model's output order."""
     if isinstance(result, dict):
-        return {str(k): np.asarray(v) for k, v in result.items()}
+        return {str(k): storable(v) for k, v in result.items()}
     if isinstance(result, list | tuple):
         names = (list(output_names) if len(output_names) == len(result)
                  else [str(i) for i in range(len(result))])
-        return {n: np.asarray(v) for n, v in zip(names, result, strict=True)}
-    return {output_names[0] if output_names else "output": np.asarray(result)}
+        return {n: storable(v) for n, v in zip(names, result, strict=True)}
+    return {output_names[0] if output_names else "output": storable(result)}
+
+
+def storable(values: Any) -> np.ndarray:
+    """Rows as a `.npy` file can hold them: bfloat16 widened to float32 (see above)."""
+    arr = np.asarray(values)
+    return arr.astype(np.float32) if arr.dtype.name == "bfloat16" else arr
+
+
+def compiled_predict(model: Any, batch_size: int,
+                     check_cancel: Callable[[], None] = lambda: None) -> Predict:
+    """A chunk -> outputs function calling the model once per batch of `batch_size` rows
+    through one `tf.function` (traced for the first batch shape, generalised to any batch size
+    on the first shorter one, as Keras's own predict function is). `check_cancel` runs before
+    each batch: a chunk of small batches can take long."""
+    import tensorflow as tf
+
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def batch(x: data.Selected) -> Any:
+        check_cancel()
+        return call(x)
+
+    def predict(x: data.Selected) -> Any:
+        n = data.rows(x)
+        parts = [batch(_rows(x, start, start + batch_size))
+                 for start in range(0, n, batch_size)]
+        return tf.nest.map_structure(lambda *ys: np.concatenate([y.numpy() for y in ys]),
+                                     *parts)
+
+    return predict
+
+
+def _rows(x: data.Selected, start: int, stop: int) -> data.Selected:
+    return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
+
+
+def predict_job(model: Any, arrays: data.Arrays, selector: Any, out_dir: Path, *,
+                batch_size: int, output_name: str, check_cancel: Callable[[], None]) -> Written:
+    """What a predict job runs: `predict_to_files` with the model's compiled function."""
+    return predict_to_files(
+        arrays, selector, compiled_predict(model, batch_size, check_cancel), out_dir,
+        output_name=output_name,
+        output_names=list(getattr(model, "output_names", None) or []),
+        chunk=chunk_rows(batch_size, row_bytes(arrays, selector)), check_cancel=check_cancel)
 
 
 def array_names(output_name: str, outputs: Sequence[str]) -> dict[str, str]:
@@ -134,6 +183,11 @@ def _open(path: Path, first: np.ndarray, num_rows: int) -> np.memmap[Any, Any]:
     if first.ndim == 0:
         raise DomainError(422, "Prediction failed", "The model returned a scalar, not one "
                           "prediction per row.", type="/problems/invalid-input")
+    if first.dtype.kind == "O":  # a string tensor: its width is unknown until the last chunk
+        raise DomainError(422, "Prediction failed", f"The model's output '{path.stem}' is "
+                          "strings, which a predict job cannot store as a dataset array; "
+                          "ask the serving API (:predict or /v2 infer) for it instead.",
+                          type="/problems/invalid-input")
     out: np.memmap[Any, Any] = np.lib.format.open_memmap(
         path, mode="w+", dtype=first.dtype, shape=(num_rows, *first.shape[1:]))
     return out

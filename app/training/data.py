@@ -70,7 +70,18 @@ def rows(data: Selected) -> int:
 
 
 def in_memory(data: Selected) -> Selected:
-    """Plain in-memory arrays (Keras converts array inputs to tensors whole)."""
+    """Plain in-memory arrays (Keras converts array inputs to tensors whole). Text arrays
+    (<U, S) become string tensors: Keras's array path refuses NumPy text ("Invalid dtype")
+    but batches a tf.string tensor as it batches arrays."""
     if isinstance(data, dict):
-        return {k: np.asarray(v) for k, v in data.items()}
-    return np.asarray(data)
+        return {k: _loaded(v) for k, v in data.items()}
+    loaded: Selected = _loaded(data)
+    return loaded
+
+
+def _loaded(array: np.ndarray) -> Any:
+    if array.dtype.kind in "US":
+        import tensorflow as tf
+
+        return tf.constant(array)
+    return np.asarray(array)

@@ -146,6 +146,7 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
 
     from app.jobs import callback_specs
     from app.specs.builder import adapt_layers, build_compiled
+    from app.specs.compiler import keep_loss_scaling
     from app.specs.model_info import needs_adapting
     from app.training import observe
     from app.training.callbacks import CancelOnFlag, KeepBest, RecordEpochs, StopOnNaN
@@ -169,6 +170,7 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
     else:
         assert p.from_model_version_id is not None
         model = _load_version(p.from_model_version_id, store, compile=True)
+        keep_loss_scaling(model)
     canceller = CancelOnFlag(watcher.requested)
     checkpointer = SafeBackupAndRestore(
         store.path(store.checkpoint_key(job.id)),
@@ -300,16 +302,25 @@ def _evaluate(job: Job, p: EvaluateJobParams, store: ArtifactStore,
 
     assert job.dataset_id is not None
     arrays = _arrays(job.dataset_id, store)
-    x = data.select(arrays, p.x, "/x")
-    y = data.select(arrays, p.y, "/y")
     model = _load_version(p.model_version_id, store, compile=True)
     canceller = CancelOnFlag(watcher.requested)
-    logs = model.evaluate(data.in_memory(x), data.in_memory(y),
-                          batch_size=p.batch_size, return_dict=True, verbose=0,
-                          callbacks=[canceller])
+    logs = evaluate_rows(model, arrays, p.x, p.y, p.batch_size, [canceller])
     if canceller.cancelled:
         raise Stopped(watcher.reason or StopReason.cancel)
     state.finish(job.id, JobStatus.succeeded, result=clean_logs(logs), attempt=job.attempt)
+
+
+def evaluate_rows(model: Any, arrays: data.Arrays, x: Any, y: Any, batch_size: int,
+                  callbacks: list[Any]) -> dict[str, Any]:
+    """`model.evaluate(x, y, batch_size)` over the rows in order, streamed from the files in
+    large chunks (stream.sequential) rather than loaded whole first."""
+    from app.training import stream
+
+    rows = stream.sequential((data.select(arrays, x, "/x"), data.select(arrays, y, "/y")),
+                             batch_size)
+    logs: dict[str, Any] = model.evaluate(rows, return_dict=True, verbose=0,
+                                          callbacks=callbacks)
+    return logs
 
 
 def _predict(job: Job, p: PredictJobParams, store: ArtifactStore, watcher: CancelWatcher) -> None:
@@ -326,12 +337,9 @@ def _predict(job: Job, p: PredictJobParams, store: ArtifactStore, watcher: Cance
     with store.staging(job.id) as staging:
         out_dir = staging / "arrays"
         out_dir.mkdir()
-        written = batch_predict.predict_to_files(
-            arrays, p.x, lambda x: model.predict(x, batch_size=p.batch_size, verbose=0),
-            out_dir, output_name=p.output_name,
-            output_names=list(getattr(model, "output_names", None) or []),
-            chunk=batch_predict.chunk_rows(p.batch_size, batch_predict.row_bytes(arrays, p.x)),
-            check_cancel=check_cancel)
+        written = batch_predict.predict_job(model, arrays, p.x, out_dir,
+                                            batch_size=p.batch_size, output_name=p.output_name,
+                                            check_cancel=check_cancel)
         check_cancel()  # a cancel that came during the last chunk still wins
         with session_scope() as s:
             name = f"{p.output_name} of {job.model_name}/{job.model_version} on {job.dataset_id}"

@@ -41,7 +41,7 @@ def dataset(data: Structure, index: np.ndarray, batch_size: int, shuffle: bool, 
     import tensorflow as tf
 
     arrays, rebuild = _flatten(data)
-    dtypes = [tf.as_dtype(a.dtype) for a in arrays]
+    dtypes = [tf_dtype(a.dtype) for a in arrays]
 
     def fetch(rows: np.ndarray) -> list[np.ndarray]:
         rows = np.sort(rows)
@@ -107,6 +107,68 @@ def _read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     out = np.ascontiguousarray(fresh[rows])
     del fresh
     return out
+
+
+def read_range(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """array[start:stop] in memory. A memory-mapped, C-ordered array is read with pread into a
+    fresh buffer (one read per range, nothing of the file left mapped here); anything else is
+    copied through a slice."""
+    if not isinstance(array, np.memmap) or not array.filename or not array.flags.c_contiguous:
+        return np.array(array[start:stop])
+    out = np.empty((max(0, stop - start), *array.shape[1:]), dtype=array.dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8).data)
+    row_bytes = out.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    offset, done = int(array.offset) + start * row_bytes, 0
+    fd = os.open(array.filename, os.O_RDONLY)
+    try:
+        while done < len(view):
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise OSError(f"{array.filename} ended before row {stop}")
+            done += got
+    finally:
+        os.close(fd)
+    return out
+
+
+def chunk_rows(batch_size: int, row_bytes: int, target_bytes: int) -> int:
+    """Rows per read: whole batches of about `target_bytes`, never less than one batch."""
+    return max(1, target_bytes // max(1, row_bytes) // batch_size) * batch_size
+
+
+# Bytes read from the files at a time when rows are read in order (evaluate, predict).
+SEQUENTIAL_CHUNK_BYTES = 64 << 20
+
+
+def tf_dtype(dtype: np.dtype[Any]) -> Any:
+    """The TensorFlow dtype of a NumPy one; text (<U, S) is tf.string."""
+    import tensorflow as tf
+
+    return tf.string if dtype.kind in "US" else tf.as_dtype(dtype)
+
+
+def sequential(data: Structure, batch_size: int,
+               chunk_bytes: int = SEQUENTIAL_CHUNK_BYTES) -> Any:
+    """All rows of `data` in order, in batches of `batch_size` (the last one shorter), as
+    Keras's own array path batches them. The files are read a large chunk (whole batches) at a
+    time on a background thread, a chunk ahead, so reading overlaps the model's work; only the
+    chunks in flight are in memory. tf.data cuts the chunks into batches (`rebatch`: one
+    Python call per chunk, not per batch)."""
+    import tensorflow as tf
+
+    arrays, rebuild = _flatten(data)
+    n = len(arrays[0])
+    row_bytes = sum(a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64)) for a in arrays)
+    chunk = chunk_rows(batch_size, row_bytes, chunk_bytes)
+
+    def chunks() -> Any:
+        for start in range(0, n, chunk):
+            yield tuple(read_range(a, start, min(start + chunk, n)) for a in arrays)
+
+    signature = tuple(tf.TensorSpec((None, *a.shape[1:]), tf_dtype(a.dtype)) for a in arrays)
+    ds = tf.data.Dataset.from_generator(chunks, output_signature=signature).rebatch(batch_size)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
+    return ds.map(lambda *t: rebuild(list(t))).prefetch(2)
 
 
 def nbytes(*data: Structure) -> int:

@@ -214,7 +214,8 @@ def test_compile_block_of_a_keras_model() -> None:
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.MeanSquaredError(),
                   metrics=[keras.metrics.BinaryAccuracy(), "mae"], jit_compile=True)
     block = compile_block(model)
-    assert set(block) == {"optimizer", "loss", "metrics"}  # no jit_compile: the worker's call
+    assert set(block) == {"optimizer", "loss", "metrics", "jit_compile"}
+    assert block["jit_compile"] is True  # given explicitly: the job compiles with it
     assert block["optimizer"]["class_name"] == "Adam"
     assert block["optimizer"]["config"]["learning_rate"] == pytest.approx(0.01)
     assert block["loss"]["class_name"] == "MeanSquaredError"

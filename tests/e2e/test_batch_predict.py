@@ -176,8 +176,8 @@ def test_cancel_queued_predict_job_never_starts(client: Any, single: Uploaded) -
 
 def test_cancel_running_predict_job_records_no_dataset(
         client: Any, single: Uploaded, service_env: dict[str, str]) -> None:
-    # 20,000 rows one per batch: five chunks of several seconds each, so it is still running
-    # when the cancel arrives and stops at a chunk boundary.
+    # 20,000 rows one per batch: seconds of work, so it is still running when the cancel
+    # arrives and stops at a batch boundary.
     x = np.random.default_rng(25).normal(size=(20_000, 2)).astype("float32")
     source = upload(client, "bp-long", x=x)
     datasets_before = client.get("/v1/datasets", params={"limit": 1}).json()["total"]

@@ -167,8 +167,9 @@ def test_nested_data_is_row_major() -> None:
 
 @pytest.mark.parametrize(("fields", "pointer", "phrase"), [
     ({"datatype": "FP64"}, "/inputs/0/datatype", "the model expects [None, 2] of float32 (FP32)"),
-    ({"datatype": "BYTES"}, "/inputs/0/datatype", "not supported"),
-    ({"datatype": "BF16"}, "/inputs/0/datatype", "not supported"),
+    ({"datatype": "BYTES"}, "/inputs/0/datatype", "the model expects [None, 2] of float32"),
+    ({"datatype": "BF16"}, "/inputs/0/datatype", "the model expects [None, 2] of float32"),
+    ({"datatype": "FP8"}, "/inputs/0/datatype", "not supported"),
     ({"data": [1, 2, 3]}, "/inputs/0/data", "has 3 values in 'data' but shape [2, 2] needs 4"),
     ({"shape": [2, 3], "data": [1] * 6}, "/inputs/0/shape",
      "Input 'x' has shape [2, 3]; the model expects [None, 2] of float32"),
@@ -301,8 +302,13 @@ def test_datatype_mapping_both_ways_agrees_with_tritonclient(dtype: str) -> None
     assert numpy_dtype(datatype, "") == np.dtype(triton_to_np_dtype(datatype))
 
 
-def test_bytes_has_no_numpy_mapping() -> None:
+def test_bytes_and_bf16_map_as_tritonclient_maps_them() -> None:
+    import ml_dtypes
+    from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
+
     with pytest.raises(ValueError):
-        oip_datatype("object")
-    with pytest.raises(DomainError):
-        numpy_dtype("BYTES", "/inputs/0/datatype")
+        oip_datatype("object")  # a Keras dtype no model declares
+    assert oip_datatype("string") == "BYTES" == np_to_triton_dtype(np.dtype(object))
+    assert numpy_dtype("BYTES", "") == np.dtype(triton_to_np_dtype("BYTES"))
+    assert oip_datatype("bfloat16") == "BF16" == np_to_triton_dtype(ml_dtypes.bfloat16)
+    assert numpy_dtype("BF16", "") == np.dtype(triton_to_np_dtype("BF16"))

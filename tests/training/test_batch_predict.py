@@ -127,10 +127,21 @@ def test_too_long_multi_output_names_point_at_output_name() -> None:
 
 
 @pytest.mark.parametrize(("batch_size", "row_bytes", "expected"), [
-    (128, 8, 4096),            # small rows: the row cap, in whole batches
-    (100, 8, 4000),
-    (128, 1 << 20, 128),       # 1 MiB rows: 16 rows by bytes, but never less than a batch
-    (10_000, 8, 10_000),       # a batch above the cap is still one chunk
+    (128, 8, 1 << 18),         # small rows: the row cap, in whole batches
+    (100, 8, 262_100),
+    (128, 1 << 20, 128),       # 1 MiB rows: 64 rows by bytes, but never less than a batch
+    (300_000, 8, 300_000),     # a batch above the cap is still one chunk
 ])
 def test_chunk_rows_is_whole_batches(batch_size: int, row_bytes: int, expected: int) -> None:
     assert chunk_rows(batch_size, row_bytes) == expected
+
+
+def test_string_outputs_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    arrays = _memmapped(tmp_path, x=np.zeros((4, 1), dtype="float32"))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DomainError) as info:
+        predict_to_files(arrays, "x", lambda rows: np.array([[b"a"]] * len(rows), dtype=object),
+                         out, output_name="y", output_names=[], chunk=4,
+                         check_cancel=_no_cancel)
+    assert info.value.status == 422 and "serving API" in info.value.detail

@@ -53,3 +53,24 @@ def test_each_epoch_visits_every_row_once_in_a_new_repeatable_order(
 def test_unshuffled_keeps_order(arrays: dict[str, np.ndarray]) -> None:
     ds = stream.dataset((arrays["wide"], arrays["labels"]), np.arange(10), 4, False, 0)
     assert _epoch(ds) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_sequential_gives_keras_batches_in_order_across_chunks(
+        arrays: dict[str, np.ndarray]) -> None:
+    # 500 rows of 1,288 bytes, batches of 32, chunks of 96 rows (three batches; 130 kB):
+    # chunk edges fall on batch edges, and the last batch is the 20 rows left.
+    ds = stream.sequential(({"a": arrays["wide"], "b": arrays["wider"]}, arrays["labels"]), 32,
+                           chunk_bytes=130_000)
+    batches = list(ds)
+    assert [len(y) for _, y in batches] == [32] * 15 + [20]
+    assert int(ds.cardinality()) == 16
+    np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in batches]),
+                                  np.arange(500))
+    np.testing.assert_array_equal(np.concatenate([x["b"].numpy() for x, _ in batches]),
+                                  np.asarray(arrays["wider"]))
+
+
+def test_read_range_matches_slicing(arrays: dict[str, np.ndarray]) -> None:
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(stream.read_range(arr, 17, 402), np.asarray(arr)[17:402],
+                                      err_msg=name)
