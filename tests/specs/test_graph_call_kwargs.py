@@ -122,3 +122,17 @@ def test_scalar_call_arguments_pass() -> None:
     bad["layers"][0]["call_kwargs"] = {"training": True}
     with pytest.raises(DomainError, match="set by Keras itself"):
         build_model(bad)
+
+
+def test_a_dict_input_model_is_served(tmp_path: Any) -> None:
+    """Its inputs are not in alphabetical order (enc_in, dec_in): the servable called it with
+    a list in model.inputs' (sorted) order, which Keras refused."""
+    from app.predict.servable import Servable
+
+    model = build_model(SEQ2SEQ)
+    model.save(tmp_path / "model.keras")
+    servable = Servable(tmp_path / "model.keras")
+    data = seq2seq_data(n=3)
+    arrays = {"enc_in": data["enc"], "dec_in": data["dec"]}
+    (served,) = servable([arrays[i.name] for i in servable.inputs])
+    np.testing.assert_allclose(served, model.predict(arrays, verbose=0), rtol=0, atol=1e-6)
