@@ -170,3 +170,58 @@ def test_model_checkpoint_may_not_contradict_keep_best() -> None:
     assert info.value.errors[0].pointer == "/callbacks/0/monitor"
     with pytest.raises(DomainError, match="One best epoch"):
         callback_specs.build([spec, spec])
+
+
+# --- keras_jobs.callbacks: a notebook's callback objects as the job's list --------------------
+
+def test_notebook_callback_objects_become_the_jobs_list() -> None:
+    from keras_jobs.callbacks import to_json
+
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.2, 1, 0.5)
+    objects = [
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=2,
+                                      min_delta=0.01, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=1, min_lr=1e-5),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.ModelCheckpoint("/home/me/best.keras", monitor="val_auc",
+                                        save_best_only=True, initial_value_threshold=0.6),
+        keras.callbacks.LearningRateScheduler(schedule),
+        keras.callbacks.CSVLogger("/home/me/training.csv", separator=";"),
+        keras.callbacks.BackupAndRestore("/home/me/backup"),
+        {"type": "TerminateOnNaN"},
+    ]
+    specs = to_json(objects)
+    assert specs[0] == {"type": "EarlyStopping", "monitor": "val_auc", "mode": "max",
+                        "min_delta": 0.01, "patience": 2, "verbose": 0, "baseline": None,
+                        "restore_best_weights": True, "start_from_epoch": 0}
+    assert specs[3]["filepath"] == "best.keras" and specs[3]["initial_value_threshold"] == 0.6
+    assert specs[4]["schedule"]["class_name"] == "ExponentialDecay"
+    assert specs[5] == {"type": "CSVLogger", "filename": "training.csv", "separator": ";",
+                        "append": False}
+    built = callback_specs.build(specs)  # what the service accepts at submit
+    assert [type(cb).__name__ for cb in built] == [
+        "EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN", "LearningRateScheduler",
+        "EpochsAsCsv", "TerminateOnNaN"]
+    assert callback_specs.keep_best_of(specs, None) == {
+        "monitor": "val_auc", "mode": "auto", "initial_value_threshold": 0.6}
+
+
+class _MyCallback(keras.callbacks.Callback):  # type: ignore[misc]
+    pass
+
+
+@pytest.mark.parametrize(("callback", "instead"), [
+    (keras.callbacks.LearningRateScheduler(lambda epoch: 0.1), "keras.optimizers.schedules"),
+    (keras.callbacks.LambdaCallback(on_epoch_end=print), "client.attach"),
+    (keras.callbacks.TensorBoard(), "tensorboard=True"),
+    (_MyCallback(), "of your own"),
+    (keras.callbacks.ModelCheckpoint("m.keras", save_freq=5), "save_freq"),
+])
+def test_notebook_callbacks_the_service_cannot_run(callback: Any, instead: str) -> None:
+    from keras_jobs.callbacks import to_json
+    from keras_jobs.errors import KerasJobsError
+
+    with pytest.raises(KerasJobsError) as info:
+        to_json([keras.callbacks.TerminateOnNaN(), callback])
+    assert info.value.pointers == ["/callbacks/1"]
+    assert instead in str(info.value)
