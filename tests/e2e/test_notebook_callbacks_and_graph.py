@@ -87,3 +87,23 @@ def test_seq2seq_graph_spec_with_initial_state_trains(client: Any) -> None:
     assert served.status_code == 200, served.text
     expected = model.predict({k: np.asarray(v, "float32") for k, v in rows.items()}, verbose=0)
     np.testing.assert_allclose(served.json()["outputs"], expected, rtol=0, atol=1e-5)
+
+
+def test_callback_refusals_at_submit_say_what_to_do(client: Any) -> None:
+    from tests.helpers import assert_problem
+
+    x = np.zeros((8, 4), "float32")
+    ds = upload(client, "refusals", x=x, y=x[:, :1])
+    spec_id = client.post("/v1/specs", json=SPEC).json()["id"]
+    body = {"type": "fit", "spec_id": spec_id, "dataset_id": ds["id"]}
+    cases = [
+        ({"callbacks": [{"type": "LearningRateScheduler", "schedule": "lambda e: 0.1"}]},
+         "/callbacks/0/schedule", "keras.optimizers.schedules"),
+        ({"callbacks": [{"type": "LambdaCallback"}]}, "/callbacks/0/type", "events"),
+        ({"callbacks": [{"type": "ModelCheckpoint", "monitor": "val_mae",
+                         "save_best_only": True}], "keep_best": {"monitor": "val_loss"}},
+         "/callbacks/0/monitor", "keep_best or ModelCheckpoint"),
+    ]
+    for extra, pointer, instead in cases:
+        problem = assert_problem(client.post("/v1/jobs", json={**body, **extra}), 422, pointer)
+        assert instead in str(problem["errors"]), problem
