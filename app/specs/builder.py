@@ -7,7 +7,8 @@ Sequential: no layer names `inputs` and there is no `outputs`; exactly one input
 built in order with keras.Sequential, consuming Keras's random state exactly as the
 equivalent hand-written `keras.Sequential([keras.Input(...), layer, ...])` does.
 
-Graph: some layer has `inputs`, or the spec lists `outputs`. Each layer's `inputs` is
+Graph: some layer has `inputs` or `call_kwargs`, or the spec lists `outputs`. Each layer's
+`inputs` is
   - absent:              the output of the layer just before it (the sole model input if first)
   - "ref":               one call on one tensor
   - ["a", "b"]:          one call on a list of tensors (Concatenate, Add, Attention, ...);
