@@ -15,6 +15,9 @@ Graph: some layer has `inputs` or `call_kwargs`, or the spec lists `outputs`. Ea
                          MultiHeadAttention/GroupQueryAttention get them positionally as
                          (query, value[, key])
   - [["a"], ["b"]]:      a shared layer: the same layer object called once per inner list
+A ref ["name", i] counts as one ref in these forms: ["enc", 1] is one call on one tensor,
+[["enc", 1], ["enc", 2]] one call on a list of two; a shared layer called on such refs is
+[[["enc", 1]], [["enc", 2]]].
 A ref is a spec input name or an earlier layer's name. "name" means that layer's last call,
 "name:0", "name:1", ... its n-th call (0-based) for shared layers. A layer that returns
 several tensors (an LSTM with return_state=True: [output, h, c]) is referred to by one of them:

@@ -136,3 +136,18 @@ def test_a_dict_input_model_is_served(tmp_path: Any) -> None:
     arrays = {"enc_in": data["enc"], "dec_in": data["dec"]}
     (served,) = servable([arrays[i.name] for i in servable.inputs])
     np.testing.assert_allclose(served, model.predict(arrays, verbose=0), rtol=0, atol=1e-6)
+
+
+def test_output_refs_in_inputs_lists_and_shared_calls() -> None:
+    base = {"inputs": [{"name": "x", "shape": [3, 2]}],
+            "layers": [{"type": "LSTM", "units": 4, "return_state": True, "name": "enc",
+                        "inputs": "x"}]}
+    together = build_model({**base, "layers": [*base["layers"], {
+        "type": "Concatenate", "name": "cat", "inputs": [["enc", 1], ["enc", 2]]}],
+        "outputs": ["cat"]})
+    assert together.output.shape == (None, 8)
+    shared = build_model({**base, "layers": [*base["layers"], {
+        "type": "Dense", "units": 2, "name": "head", "inputs": [[["enc", 1]], [["enc", 2]]]}],
+        "outputs": ["head:0", "head:1"]})
+    assert [t.shape for t in shared.outputs] == [(None, 2), (None, 2)]
+    assert len(shared.get_layer("head")._inbound_nodes) == 2
