@@ -155,3 +155,14 @@ def test_restore_best_weights_records_the_restored_epoch(client: Any,
     assert version["best_epoch"] == job["result"]["best_epoch"] == best
     for key in ("loss", "val_loss", "r2_score", "val_r2_score"):
         assert version["metrics"][key] == pytest.approx(history[key][best], abs=1e-5), key
+
+
+def test_a_monitor_no_epoch_had_is_a_warning(client: Any, rows: dict[str, Any]) -> None:
+    """keep_best on a name that is in no epoch's logs (a typo): the last epoch is saved, and
+    the job's attempt says why."""
+    job = _fit(client, R2_SPEC, rows, "reg", 1, "best-typo", keep_best={"monitor": "val_r2"})
+    (attempt,) = job["attempts"]
+    assert any("'val_r2' was in no epoch's logs" in w and "val_r2_score" in w
+               for w in attempt["warnings"]), attempt
+    assert job["result"]["best_epoch"] == EPOCHS - 1
+    assert _version(client, "best-typo")["best_epoch"] == EPOCHS - 1
