@@ -252,9 +252,10 @@ def model_list(client: Client, args: argparse.Namespace) -> int:
 def model_show(client: Client, args: argparse.Namespace) -> int:
     model = client.model(args.name)
     labels = ", ".join(f"{k}→{v}" for k, v in model.get("labels", {}).items()) or "-"
-    versions = table(["version", "job", "created", "metrics"],
+    # best epoch: the epoch whose weights (and metrics) the version holds.
+    versions = table(["version", "job", "created", "best epoch", "metrics"],
                      [[v["version"], v.get("job_id"), v["created_at"][:19].replace("T", " "),
-                       v.get("metrics") or {}] for v in model["versions"]])
+                       v.get("best_epoch"), v.get("metrics") or {}] for v in model["versions"]])
     emit(args, model, pairs([("model", model["name"]), ("latest", model["latest_version"]),
                              ("labels", labels)]) + "\n\n" + versions)
     return 0

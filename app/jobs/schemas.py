@@ -47,6 +47,10 @@ ModelRef = Annotated[str, Field(pattern=MODEL_REF_PATTERN), AfterValidator(_vers
 class CallbackSpec(BaseModel):
     """A Keras callback by name with its arguments, e.g.
     {"type": "EarlyStopping", "monitor": "val_loss", "patience": 3, "restore_best_weights": true}.
+    EarlyStopping, ReduceLROnPlateau and TerminateOnNaN run as Keras's own;
+    LearningRateScheduler takes a built-in schedule ({"class_name": "ExponentialDecay",
+    "config": {...}}); ModelCheckpoint with save_best_only is keep_best; CSVLogger writes to
+    the job's log; BackupAndRestore is what every job does already (app.jobs.callback_specs).
     """
 
     model_config = ConfigDict(extra="allow", strict=True)
@@ -55,12 +59,17 @@ class CallbackSpec(BaseModel):
 
 
 class KeepBestOptions(BaseModel):
-    """Save the weights of the best epoch by `monitor` instead of the last epoch's."""
+    """Save the weights of the best epoch by `monitor` instead of the last epoch's, as
+    ModelCheckpoint(save_best_only=True) picks it."""
 
     model_config = STRICT_REQUEST
 
     monitor: str = "val_loss"
-    mode: Literal["auto", "min", "max"] = "auto"
+    mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="'auto' asks the metric whether it is maximised (accuracy, AUC, "
+        "F1Score, R2Score, IoU, ...) or minimised (losses, errors), as Keras's callbacks do.")
+    initial_value_threshold: float | None = Field(
+        None, description="An epoch is kept only if it beats this value.")
 
 
 class FitJobCreate(BaseModel):

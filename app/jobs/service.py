@@ -125,7 +125,8 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset)
             raise invalid("class_weight keys are class indices.",
                           [FieldError(f"/class_weight/{bad[0]}", "expected an integer key")])
     # Refuses unknown callbacks and bad arguments.
-    callback_specs.build([c.model_dump() for c in body.callbacks])
+    callback_specs.build([c.model_dump() for c in body.callbacks],
+                         keep_best=body.keep_best.model_dump() if body.keep_best else None)
     start_id = None
     if body.spec_id is not None:
         spec = _spec(session, owner, body.spec_id)

@@ -30,6 +30,9 @@ class Servable:
         signature = [tf.TensorSpec(shape=i.shape, dtype=i.dtype, name=i.name)
                      for i in self.inputs]
         single = len(self.inputs) == 1
+        # A model built on a dict of inputs takes a dict; model.inputs is in its sorted keys.
+        struct = getattr(model, "_inputs_struct", None)
+        keys = sorted(struct) if isinstance(struct, dict) and not single else None
         # What the weights hold: the cache's memory budget counts this.
         self.nbytes = int(sum(np.prod(w.shape) * np.dtype(w.dtype).itemsize
                               for w in model.weights))
@@ -39,7 +42,8 @@ class Servable:
 
         def call(*xs: Any) -> Any:
             self.traces += 1  # runs only while tracing
-            out = model(xs[0] if single else list(xs), training=False)
+            out = model(xs[0] if single else dict(zip(keys, xs, strict=True)) if keys
+                        else list(xs), training=False)
             if isinstance(out, dict):  # a dict-output model: in the order of output_names
                 return [out[n] for n in names]
             return list(out) if isinstance(out, (list, tuple)) else [out]

@@ -30,7 +30,12 @@ class ModelVersionRead(BaseModel):
     version: int
     job_id: str | None
     spec_id: str | None
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(description="the logs of the epoch whose weights this "
+                                    "version holds (best_epoch)")
+    best_epoch: int | None = Field(None, description="that epoch (0-based): the best one by "
+                                   "keep_best / ModelCheckpoint(save_best_only) or "
+                                   "EarlyStopping(restore_best_weights), else the last; null "
+                                   "for an uploaded file")
     created_at: datetime
 
 

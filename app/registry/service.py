@@ -65,7 +65,8 @@ def _next_version(session: Session, owner: str, name: str) -> int:
 
 def publish_version(session: Session, store: ArtifactStore, owner: str, name: str,
                     staging: Path, *, metrics: dict[str, Any] | None = None,
-                    job_id: str | None = None, spec_id: str | None = None) -> ModelVersion:
+                    job_id: str | None = None, spec_id: str | None = None,
+                    best_epoch: int | None = None) -> ModelVersion:
     """Record version n+1 of `name` in `session`'s transaction and move the `staging` folder
     into place as its artifact.
 
@@ -83,7 +84,7 @@ def publish_version(session: Session, store: ArtifactStore, owner: str, name: st
                 key = store.model_key(owner, name, version)
                 mv = ModelVersion(owner=owner, name=name, version=version, artifact_key=key,
                                   metrics=metrics or {}, job_id=job_id, spec_id=spec_id,
-                                  size_bytes=size)
+                                  best_epoch=best_epoch, size_bytes=size)
                 session.add(mv)
         except IntegrityError:  # another publisher took that number first; take the next
             continue

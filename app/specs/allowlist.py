@@ -29,7 +29,9 @@ Category = Literal[
 
 # Layers that carry code, read files or only make sense as internals.
 DENIED_LAYERS: dict[str, str] = {
-    "Lambda": "it carries arbitrary Python code",
+    "Lambda": "it carries arbitrary Python code, which the service never runs; write the "
+              "computation with built-in layers (Rescaling, Activation, Add, Multiply, "
+              "Reshape, Permute, RepeatVector, ...) chained in a graph spec",
     "TFSMLayer": "it loads a TensorFlow SavedModel from a server path",
     "JaxLayer": "it wraps an arbitrary Python (JAX) function",
     "FlaxLayer": "it wraps an arbitrary Python (Flax) module",
@@ -90,6 +92,22 @@ MODULES: dict[Category, tuple[str, ...]] = {
 
 # Serializer markers for plain data (tensors, arrays); they never resolve a class.
 DATA_MARKERS = frozenset({"__keras_tensor__", "__numpy__", "__tensor__"})
+
+# What to use instead of a class that is not a Keras built-in (user code is never run).
+INSTEAD: dict[Category, str] = {
+    "layer": "a custom layer is Python code, which the service never runs: build it from "
+             "built-in layers (a graph spec chains any of them; README, \"Model specs\")",
+    "loss": "a custom loss is Python code, which the service never runs: use a built-in "
+            "keras.losses class or name, and loss_weights, sample_weight or class_weight to "
+            "weigh it",
+    "metric": "a custom metric is Python code, which the service never runs: use a built-in "
+              "keras.metrics class or name",
+    "model": "a subclassed keras.Model runs its own call() code, which the service never "
+             "runs: build the same model with the functional API (keras.Model(inputs, "
+             "outputs)) or keras.Sequential and send that",
+    "optimizer": "a custom optimizer is Python code: use a built-in keras.optimizers class",
+    "schedule": "a custom schedule is Python code: use a keras.optimizers.schedules class",
+}
 
 NOUNS: dict[Category, str] = {
     "layer": "layer type", "cell": "RNN cell", "initializer": "initializer",
@@ -178,8 +196,13 @@ def refuse(pointer: str, detail: str) -> Exception:
 
 def _denied_reason(name: str) -> str | None:
     if name == "__lambda__":
-        return "it carries arbitrary Python code"
+        return ("it carries arbitrary Python code, which the service never runs; use a "
+                "built-in by name (e.g. \"relu\", \"mse\") or its class")
     return DENIED_LAYERS.get(name) or DENIED_OBJECTS.get(name)
+
+
+def _if_own(category: Category, what: str = "a class") -> str:
+    return f" (if it is {what} of your own: {INSTEAD[category]})" if category in INSTEAD else ""
 
 
 def resolve_class(category: Category, name: Any, pointer: str) -> type[Any]:
@@ -193,7 +216,8 @@ def resolve_class(category: Category, name: Any, pointer: str) -> type[Any]:
     reason = _denied_reason(name)
     if reason:
         raise refuse(pointer, f"{noun} '{name}' is not allowed: {reason}")
-    raise refuse(pointer, f"unknown {noun} '{name}'{did_you_mean(name, sorted(reg.classes))}")
+    hint = did_you_mean(name, sorted(reg.classes))
+    raise refuse(pointer, f"unknown {noun} '{name}'{hint}{_if_own(category)}")
 
 
 def resolve_string(category: Category, name: str, pointer: str) -> str:
@@ -206,7 +230,9 @@ def resolve_string(category: Category, name: str, pointer: str) -> str:
     if reason:
         raise refuse(pointer, f"{NOUNS[category]} '{name}' is not allowed: {reason}")
     choices = sorted(reg.strings) or sorted(reg.classes)
-    raise refuse(pointer, f"unknown {NOUNS[category]} '{name}'{did_you_mean(key, choices)}")
+    hint = did_you_mean(key, choices)
+    raise refuse(pointer, f"unknown {NOUNS[category]} '{name}'{hint}"
+                          f"{_if_own(category, 'a function or class')}")
 
 
 def category_of(name: str, categories: tuple[Category, ...]) -> Category | None:

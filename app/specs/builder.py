@@ -7,17 +7,29 @@ Sequential: no layer names `inputs` and there is no `outputs`; exactly one input
 built in order with keras.Sequential, consuming Keras's random state exactly as the
 equivalent hand-written `keras.Sequential([keras.Input(...), layer, ...])` does.
 
-Graph: some layer has `inputs`, or the spec lists `outputs`. Each layer's `inputs` is
+Graph: some layer has `inputs` or `call_kwargs`, or the spec lists `outputs`. Each layer's
+`inputs` is
   - absent:              the output of the layer just before it (the sole model input if first)
   - "ref":               one call on one tensor
   - ["a", "b"]:          one call on a list of tensors (Concatenate, Add, Attention, ...);
                          MultiHeadAttention/GroupQueryAttention get them positionally as
                          (query, value[, key])
   - [["a"], ["b"]]:      a shared layer: the same layer object called once per inner list
+A ref ["name", i] counts as one ref in these forms: ["enc", 1] is one call on one tensor,
+[["enc", 1], ["enc", 2]] one call on a list of two; a shared layer called on such refs is
+[[["enc", 1]], [["enc", 2]]].
 A ref is a spec input name or an earlier layer's name. "name" means that layer's last call,
-"name:0", "name:1", ... its n-th call (0-based) for shared layers. `outputs` lists refs; a
-single output makes a single-output model. Several inputs make the model take a dict
+"name:0", "name:1", ... its n-th call (0-based) for shared layers. A layer that returns
+several tensors (an LSTM with return_state=True: [output, h, c]) is referred to by one of them:
+["name", 1] (or ["name:0", 1]); its plain name is refused. `outputs` lists refs; a single
+output makes a single-output model. Several inputs make the model take a dict
 {input name: array}; one input takes a plain array.
+
+A layer's `call_kwargs` passes keyword arguments of its call(): refs (a string or ["name", n]),
+lists of refs, or JSON scalars (true/false, numbers, null), e.g.
+{"type": "LSTM", "units": 32, "inputs": "dec_emb",
+ "call_kwargs": {"initial_state": [["enc", 1], ["enc", 2]]}}
+Only the names of that layer's call() signature are taken (not its first, the inputs).
 
 Import: `keras_config` holds model.to_json() output (string or parsed); it is checked with
 check_keras_config and deserialized in safe mode. Its compile_config is ignored: the spec's
@@ -27,6 +39,7 @@ check_keras_config and deserialized in safe mode. Its compile_config is ignored:
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import re
 from dataclasses import dataclass, field
@@ -53,7 +66,7 @@ SPEC_KEYS = frozenset({"name", "description", "inputs", "layers", "outputs", "co
 INPUT_KEYS = frozenset({"name", "shape", "dtype"})
 INPUT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "int16",
                           "int32", "int64", "uint8", "bool", "string"})
-LAYER_META = frozenset({"type", "inputs"})
+LAYER_META = frozenset({"type", "inputs", "call_kwargs"})
 # Layers whose call() takes (query, value, key) as separate arguments.
 POSITIONAL_CALL = frozenset({"MultiHeadAttention", "GroupedQueryAttention"})
 # Arguments that Keras reads as a file path when given a string.
@@ -69,8 +82,23 @@ class _Layer:
     type_name: str
     name: str | None
     kwargs: dict[str, Any]
-    calls: list[list[tuple[str, str]]] | None  # per call: (ref, pointer); None = previous
+    calls: list[list[tuple[Ref, str]]] | None  # per call: (ref, pointer); None = previous
+    # call() keyword arguments: a (ref, pointer), a list of them, or a JSON scalar.
+    call_kwargs: dict[str, Any] = field(default_factory=dict)
     outputs: list[Any] = field(default_factory=list)
+
+
+# A tensor reference: "name" / "name:n" (the n-th call), or ["name", i] (its i-th output).
+Ref = str | list[Any]
+
+
+def _is_pair(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], int) and not isinstance(value[1], bool))
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, str) or _is_pair(value)
 
 
 def build_model(spec: dict[str, Any]) -> keras.Model:
@@ -92,7 +120,8 @@ def build_model(spec: dict[str, Any]) -> keras.Model:
         return _import(spec["keras_config"])
     inputs = _inputs(spec.get("inputs"))
     layers = _layers(spec.get("layers"), set(inputs))
-    graph = "outputs" in spec or any(layer.calls is not None for layer in layers)
+    graph = "outputs" in spec or any(layer.calls is not None or layer.call_kwargs
+                                     for layer in layers)
     if not graph:
         return _sequential(name, inputs, layers)
     return _graph(name, inputs, layers, spec["outputs"] if "outputs" in spec else None)
@@ -177,41 +206,79 @@ def _layers(raw: Any, input_names: set[str]) -> list[_Layer]:
                    for k, v in kwargs.items()}
         calls = (_calls(item["inputs"], f"{ptr}/inputs", input_names, seen, i)
                  if "inputs" in item else None)
-        layers.append(_Layer(i, ptr, cls, item["type"], name, checked, calls))
+        call_kwargs = (_call_kwargs(cls, item["call_kwargs"], f"{ptr}/call_kwargs",
+                                    input_names, seen, i) if "call_kwargs" in item else {})
+        layers.append(_Layer(i, ptr, cls, item["type"], name, checked, calls, call_kwargs))
     return layers
 
 
+def _call_params(cls: type[Any]) -> list[str]:
+    """The keyword names of cls.call(), without self and the first (the inputs)."""
+    params = list(inspect.signature(cls.call).parameters.values())[1:]
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named[1:] if cls.__name__ not in POSITIONAL_CALL else named[2:]
+
+
+def _call_kwargs(cls: type[Any], raw: Any, ptr: str, input_names: set[str],
+                 seen: dict[str, int], index: int) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise refuse(ptr, 'expected an object {"<call argument>": <ref, [refs] or a scalar>}')
+    allowed = [p for p in _call_params(cls) if p != "training"]
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        kptr = pointer_join(ptr, key)
+        if key == "training":  # Keras's functional models pass their own, overriding it
+            raise refuse(kptr, "'training' is set by Keras itself: true in fit, false in "
+                               "evaluate and predict")
+        if key not in allowed:
+            takes = ", ".join(allowed) if allowed else "none"
+            raise refuse(kptr, f"{cls.__name__}'s call() has no argument '{key}' (it takes "
+                               f"{takes}){did_you_mean(key, allowed)}")
+        if _is_ref(value):
+            out[key] = (_check_ref(value, kptr, input_names, seen, index), kptr)
+        elif isinstance(value, list) and value and all(_is_ref(v) for v in value):
+            out[key] = [(_check_ref(v, pointer_join(kptr, j), input_names, seen, index),
+                         pointer_join(kptr, j)) for j, v in enumerate(value)]
+        elif value is None or isinstance(value, (bool, int, float)):
+            out[key] = value
+        else:
+            raise refuse(kptr, 'expected a ref ("name" or ["name", output]), a list of refs, '
+                               "or true/false, a number or null")
+    return out
+
+
+def _check_ref(ref: Any, rptr: str, input_names: set[str], seen: dict[str, int],
+               index: int) -> Ref:
+    if not _is_ref(ref):
+        raise refuse(rptr, 'expected a layer or input name, or ["name", output index]')
+    name = ref[0] if isinstance(ref, list) else ref
+    base = name.split(":", 1)[0]
+    if base not in input_names and base not in seen:
+        hint = did_you_mean(base, input_names | set(seen))
+        raise refuse(rptr, f"unknown input or layer '{base}'{hint}")
+    if base in seen and seen[base] >= index:
+        raise refuse(rptr, f"'{base}' is this layer or a later one: a layer may only "
+                           "use inputs and layers listed before it")
+    return ref  # type: ignore[no-any-return]
+
+
 def _calls(raw: Any, ptr: str, input_names: set[str], seen: dict[str, int],
-           index: int) -> list[list[tuple[str, str]]]:
-    if isinstance(raw, str):
-        groups: list[Any] = [[raw]]
-    elif isinstance(raw, list) and raw and all(isinstance(g, list) for g in raw):
-        groups = raw
-    elif isinstance(raw, list) and raw and all(isinstance(r, str) for r in raw):
-        groups = [raw]
-    else:
-        raise refuse(ptr, 'expected "ref", ["ref", ...] or [["ref", ...], ...] '
-                          "(one inner list per call of a shared layer)")
-    calls: list[list[tuple[str, str]]] = []
-    for g, group in enumerate(groups):
+           index: int) -> list[list[tuple[Ref, str]]]:
+    if _is_ref(raw):  # one call on one tensor
+        return [[(_check_ref(raw, ptr, input_names, seen, index), ptr)]]
+    if isinstance(raw, list) and raw and all(_is_ref(r) for r in raw):  # one call, a list
+        return [[(_check_ref(r, pointer_join(ptr, i), input_names, seen, index),
+                  pointer_join(ptr, i)) for i, r in enumerate(raw)]]
+    if not (isinstance(raw, list) and raw and all(isinstance(g, list) for g in raw)):
+        raise refuse(ptr, 'expected "ref", ["ref", ...] or [["ref", ...], ...] (one inner '
+                          'list per call of a shared layer); a ref is a name or ["name", '
+                          "output index]")
+    calls: list[list[tuple[Ref, str]]] = []
+    for g, group in enumerate(raw):  # a shared layer: one inner list per call
         if not group:
             raise refuse(pointer_join(ptr, g), "a call needs at least one input")
-        refs: list[tuple[str, str]] = []
-        for r, ref in enumerate(group):
-            rptr = ptr if isinstance(raw, str) else (
-                pointer_join(ptr, r) if len(groups) == 1 and not isinstance(raw[0], list)
-                else f"{ptr}/{g}/{r}")
-            if not isinstance(ref, str):
-                raise refuse(rptr, "expected a layer or input name")
-            base = ref.split(":", 1)[0]
-            if base not in input_names and base not in seen:
-                hint = did_you_mean(base, input_names | set(seen))
-                raise refuse(rptr, f"unknown input or layer '{base}'{hint}")
-            if base in seen and seen[base] >= index:
-                raise refuse(rptr, f"'{base}' is this layer or a later one: a layer may only "
-                                   "use inputs and layers listed before it")
-            refs.append((ref, rptr))
-        calls.append(refs)
+        calls.append([(_check_ref(r, f"{ptr}/{g}/{i}", input_names, seen, index),
+                       f"{ptr}/{g}/{i}") for i, r in enumerate(group)])
     return calls
 
 
@@ -297,23 +364,27 @@ def _graph(name: str | None, inputs: dict[str, Any], layers: list[_Layer],
             groups: list[list[Any]] = [[previous]]
         else:
             groups = [[_ref(ref, rptr, produced) for ref, rptr in call] for call in layer.calls]
+        kwargs = {k: ([_ref(r, p, produced) for r, p in v] if isinstance(v, list)
+                      else _ref(v[0], v[1], produced) if isinstance(v, tuple) else v)
+                  for k, v in layer.call_kwargs.items()}
         for args in groups:
             shapes = [getattr(t, "shape", None) for t in args]
             try:
                 if layer.cls.__name__ in POSITIONAL_CALL:
-                    out = obj(*args)
+                    out = obj(*args, **kwargs)
                 else:
-                    out = obj(args[0] if len(args) == 1 else args)
+                    out = obj(args[0] if len(args) == 1 else args, **kwargs)
             except Exception as exc:  # shape/dtype mismatch raised by the layer
                 raise _call_error(layer, exc, shapes[0] if len(shapes) == 1 else shapes) from exc
             layer.outputs.append(out)
         if layer.name is not None:
             produced[layer.name] = layer.outputs
         previous = layer.outputs[-1]
-    refs = outputs if isinstance(outputs, list) else [outputs]
+    listed = isinstance(outputs, list) and not _is_pair(outputs)  # ["dec", 1] is one ref
+    refs = outputs if listed else [outputs]
     if not refs:
         raise refuse("/outputs", "expected at least one output")
-    outs = [_ref(r, pointer_join("/outputs", i) if isinstance(outputs, list) else "/outputs",
+    outs = [_ref(r, pointer_join("/outputs", i) if listed else "/outputs",
                  produced, inputs_ok=False, inputs=set(inputs)) for i, r in enumerate(refs)]
     model_inputs: Any = (next(iter(input_tensors.values())) if len(input_tensors) == 1
                          else input_tensors)
@@ -326,19 +397,36 @@ def _graph(name: str | None, inputs: dict[str, Any], layers: list[_Layer],
 
 def _ref(ref: Any, ptr: str, produced: dict[str, list[Any]], inputs_ok: bool = True,
          inputs: set[str] | None = None) -> Any:
-    if not isinstance(ref, str):
-        raise refuse(ptr, "expected a layer name (optionally 'name:n' for the n-th call)")
-    base, _, idx = ref.partition(":")
+    if not _is_ref(ref):
+        raise refuse(ptr, "expected a layer name ('name:n' for the n-th call of a shared "
+                          'layer), or ["name", i] for its i-th output')
+    name, output = (ref[0], ref[1]) if isinstance(ref, list) else (ref, None)
+    base, _, idx = name.partition(":")
     if base not in produced or (not inputs_ok and inputs and base in inputs):
         choices = [k for k in produced if inputs_ok or not inputs or k not in inputs]
         raise refuse(ptr, f"unknown layer '{base}'{did_you_mean(base, choices)}")
     calls = produced[base]
     if not idx:
-        return calls[-1]
-    if not idx.isdigit() or int(idx) >= len(calls):
-        raise refuse(ptr, f"'{ref}': layer '{base}' is called {len(calls)} time(s); "
+        tensor = calls[-1]
+    elif not idx.isdigit() or int(idx) >= len(calls):
+        raise refuse(ptr, f"'{name}': layer '{base}' is called {len(calls)} time(s); "
                           f"use '{base}:0'..'{base}:{len(calls) - 1}'")
-    return calls[int(idx)]
+    else:
+        tensor = calls[int(idx)]
+    several = isinstance(tensor, (list, tuple))
+    if output is None:
+        if several:
+            raise refuse(ptr, f"layer '{base}' returns {len(tensor)} tensors (e.g. "
+                              f"return_state=True); take one as [\"{name}\", 0].."
+                              f"[\"{name}\", {len(tensor) - 1}]")
+        return tensor
+    if not several:
+        raise refuse(ptr, f"layer '{base}' returns one tensor; name it without an output "
+                          "index")
+    if not 0 <= output < len(tensor):
+        raise refuse(ptr, f"layer '{base}' returns {len(tensor)} tensors; the output index "
+                          f"is 0..{len(tensor) - 1}")
+    return tensor[output]
 
 
 def _import(raw: Any) -> keras.Model:

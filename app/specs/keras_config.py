@@ -25,6 +25,7 @@ from typing import Any
 from app.specs.allowlist import (
     ALL_CATEGORIES,
     DATA_MARKERS,
+    INSTEAD,
     MODULES,
     NOUNS,
     REGISTRIES,
@@ -81,7 +82,8 @@ def check_keras_config(config: dict[str, Any], pointer: str) -> None:
         raise refuse(pointer, "expected a Keras model config object with 'class_name'")
     if category_of(str(config["class_name"]), ("model",)) is None:
         raise refuse(pointer_join(pointer, "class_name"),
-                     f"expected a model (Functional or Sequential), got {config['class_name']!r}")
+                     f"expected a model (Functional or Sequential), got "
+                     f"{config['class_name']!r}; {INSTEAD['model']}")
     check_layer_count(count_layers(config.get("config")), pointer)
     _walk(config, pointer, None, spec=False)
 
@@ -165,7 +167,8 @@ def _check_origin(value: dict[str, Any], pointer: str, category: Category, name:
     if registered is not None and registered != name:
         raise refuse(pointer_join(pointer, "registered_name"),
                      f"registered_name {registered!r} is not allowed: only Keras built-ins "
-                     f"can be used (registered_name must be null or '{name}')")
+                     f"can be used (registered_name must be null or '{name}'); "
+                     f"{INSTEAD.get(category, 'user code is never run')}")
 
 
 FUNCTION_CATEGORIES: tuple[Category, ...] = ("activation", "loss", "metric")
@@ -187,7 +190,8 @@ def _function(value: dict[str, Any], pointer: str, expected: Category | None,
         kinds = " or ".join(NOUNS[c] for c in candidates)
         raise refuse(pointer_join(pointer, "config"),
                      f"function {fn!r} is not allowed: only Keras built-in {kinds} functions "
-                     "can be referenced; user code is refused")
+                     "can be referenced; user code is refused: use a built-in by name (e.g. "
+                     "\"relu\", \"mse\", \"mae\") or a keras.losses / keras.metrics class")
     module = value.get("module")
     if module is not None and module not in ("builtins", *MODULES[category]):
         raise refuse(pointer_join(pointer, "module"),

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import keras
 
 from app.core.db import database_unavailable
+from app.core.errors import DomainError
 from app.jobs import events, state
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class RecordEpochs(keras.callbacks.Callback):  # type: ignore[misc]
         self.db_wait_s = db_wait_s
         self.lost = False
         self.last: dict[str, float | None] = {}
+        self.last_epoch: int | None = None
+        self.by_epoch: dict[int, dict[str, float | None]] = {}  # this attempt's epochs
         self._epoch = 0
         self._next_progress = time.monotonic() + progress_s
 
@@ -90,6 +93,8 @@ class RecordEpochs(keras.callbacks.Callback):  # type: ignore[misc]
         if self.lost or self.cut_short(epoch):
             return
         self.last = clean_logs(logs)
+        self.last_epoch = epoch
+        self.by_epoch[epoch] = self.last
         recorded = until_db_answers(
             lambda: state.record_epoch(self.job_id, epoch, self.last, self.attempt),
             self.db_wait_s)
@@ -150,26 +155,71 @@ class StopOnNaN(keras.callbacks.Callback):  # type: ignore[misc]
             self.model.stop_training = True
 
 
+def monitor_direction(model: Any, monitor: str, mode: str) -> str:
+    """"min" or "max" for `monitor`: `mode` unless it is "auto", else as Keras's own callbacks
+    decide it (the metric object's direction; "loss" is minimised), and where Keras cannot
+    tell (a multi-output model's "<output>_<metric>" names) the same after the output's
+    prefix. A name nothing tells the direction of is a DomainError saying what to pass."""
+    from keras.src import ops
+    from keras.src.callbacks.monitor_callback import MonitorCallback
+
+    if mode in ("min", "max"):
+        return mode
+    probe = MonitorCallback(monitor, "auto")
+    probe.set_model(model)
+    try:
+        probe._set_monitor_op()
+        return "min" if probe.monitor_op is ops.less else "max"
+    except ValueError:
+        pass
+    name = monitor.removeprefix("val_")
+    for output in getattr(model, "output_names", None) or []:
+        if name.startswith(f"{output}_"):
+            name = name[len(output) + 1:]
+            break
+    if name == "loss":
+        return "min"
+    directions = {m._direction for m in _compiled_metrics(model)
+                  if m.name == name and getattr(m, "_direction", None) in ("up", "down")}
+    if len(directions) == 1:
+        return "max" if directions == {"up"} else "min"
+    raise DomainError(422, "Direction of the monitored metric unknown",
+                      f"Whether '{monitor}' should be maximised or minimised cannot be told "
+                      "from its metric; give mode 'max' or 'min' with it.")
+
+
+def _compiled_metrics(model: Any) -> list[Any]:
+    found: list[Any] = []
+    for m in getattr(model, "metrics", None) or []:
+        found.extend(getattr(m, "metrics", None) or [m])  # CompileMetrics holds the objects
+    return found
+
+
 class KeepBest(keras.callbacks.Callback):  # type: ignore[misc]
     """Keep the weights of the best epoch by `monitor` and put them back when training ends,
-    so the saved version is that epoch's model (ModelCheckpoint(save_best_only) in memory)."""
+    so the saved version is that epoch's model: ModelCheckpoint(save_best_only=True) in
+    memory, with its rules (the direction from the metric, a strict improvement, an optional
+    `initial_value_threshold` to beat; epochs without the monitored value are skipped)."""
 
-    def __init__(self, monitor: str, mode: str) -> None:
+    def __init__(self, monitor: str, mode: str,
+                 initial_value_threshold: float | None = None) -> None:
         super().__init__()
         self.monitor = monitor
-        if mode == "auto":
-            mode = "max" if any(k in monitor for k in ("acc", "auc", "precision", "recall")) \
-                else "min"
-        self.maximize = mode == "max"
-        self.best: float | None = None
+        self.mode = mode
+        self.maximize: bool | None = None  # decided at the first epoch (metrics are built)
+        self.best: float | None = initial_value_threshold
         self.best_epoch: int | None = None
         self.best_logs: dict[str, float | None] = {}
+        self.seen: set[str] = set()
         self._weights: list[Any] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.seen.update(logs or {})
         value = (logs or {}).get(self.monitor)
         if value is None or not math.isfinite(float(value)):
             return
+        if self.maximize is None:
+            self.maximize = monitor_direction(self.model, self.monitor, self.mode) == "max"
         improved = self.best is None or (
             float(value) > self.best if self.maximize else float(value) < self.best)
         if improved:
@@ -180,3 +230,13 @@ class KeepBest(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_end(self, logs: Any = None) -> None:
         if self._weights is not None:
             self.model.set_weights(self._weights)
+
+    def missing(self) -> str | None:
+        """Why no epoch was kept, when none was (a warning for the job's attempt)."""
+        if self.best_epoch is not None or not self.seen:
+            return None
+        if self.monitor not in self.seen:
+            return (f"keep_best: '{self.monitor}' was in no epoch's logs (they hold "
+                    f"{', '.join(sorted(self.seen))}); the last epoch's weights were saved")
+        return (f"keep_best: no epoch's '{self.monitor}' beat initial_value_threshold "
+                f"{self.best}; the last epoch's weights were saved")

@@ -182,11 +182,13 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
                             cut_short=lambda epoch: canceller.cut_short(epoch)
                             or checkpointer.saved_mid_epoch is not None)
     nan_guard = StopOnNaN()
-    keep_best = KeepBest(p.keep_best.monitor, p.keep_best.mode) if p.keep_best else None
+    specs = [c.model_dump() for c in p.callbacks]
+    best_rule = callback_specs.keep_best_of(specs, p.keep_best.model_dump() if p.keep_best
+                                            else None)
+    keep_best = KeepBest(**best_rule) if best_rule else None
     # The canceller first, so the others know an epoch was cut short; the checkpoint before
     # the epoch is recorded, so a recorded epoch is always in a checkpoint (never trained twice).
-    callbacks = [canceller, *callback_specs.build([c.model_dump() for c in p.callbacks]),
-                 checkpointer, recorder]
+    callbacks = [canceller, *callback_specs.build(specs), checkpointer, recorder]
     callbacks += [nan_guard] if p.terminate_on_nan else []
     callbacks += [keep_best] if keep_best else []
     callbacks += observe.fit_callbacks(job.id, p, store)  # epoch metrics, TensorBoard
@@ -204,13 +206,27 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
         raise DomainError(422, "Training diverged", f"The loss became NaN or infinite at "
                           f"{nan_guard.where}; training was stopped (TerminateOnNaN). Lower the "
                           "learning rate, clip gradients, or check the data.")
-    result: dict[str, Any] = {"seed": seed}
-    logs = recorder.last
-    if keep_best is not None and keep_best.best_epoch is not None:
-        logs = keep_best.best_logs
-        result["best_epoch"] = keep_best.best_epoch
+    epoch, logs = _held_epoch(recorder, keep_best, callbacks)
+    if keep_best is not None and keep_best.missing():
+        state.note_attempt(job.id, job.attempt, warning=keep_best.missing())
+    result: dict[str, Any] = {"seed": seed, "best_epoch": epoch}
     metrics = {k: v for k, v in logs.items() if v is not None}
     _save_version(job, p.spec_id or job.spec_id, store, model, metrics, result)
+
+
+def _held_epoch(recorder: Any, keep_best: Any, callbacks: list[Any]
+                ) -> tuple[int | None, dict[str, float | None]]:
+    """The epoch whose weights the model holds after fit, and its logs: keep_best's (its
+    on_train_end runs last), else an EarlyStopping(restore_best_weights)'s, else the last."""
+    import keras
+
+    if keep_best is not None and keep_best.best_epoch is not None:
+        return keep_best.best_epoch, keep_best.best_logs
+    for cb in callbacks:
+        if (isinstance(cb, keras.callbacks.EarlyStopping) and cb.restore_best_weights
+                and cb.best_weights is not None and cb.best_epoch in recorder.by_epoch):
+            return cb.best_epoch, recorder.by_epoch[cb.best_epoch]
+    return recorder.last_epoch, recorder.last
 
 
 def _job_seed(job_id: str) -> int:
@@ -237,7 +253,7 @@ def _resumed(job: Job, p: FitJobParams, restored: Restored | None, recorder: Any
     state.note_attempt(job.id, job.attempt, resumed_from_epoch=start)
     if restored is None or restored.last_logs is None:
         return
-    recorder.last = restored.last_logs
+    recorder.last, recorder.last_epoch = restored.last_logs, restored.epoch - 1
     if job.epoch < restored.epoch and restored.batch == 0:
         state.record_epoch(job.id, restored.epoch - 1, restored.last_logs, job.attempt)
 
@@ -287,7 +303,8 @@ def _save_version(job: Job, spec_id: str | None, store: ArtifactStore, model: An
             model.save(store.model_file(staging))
             with session_scope() as s:
                 mv = registry.publish_version(s, store, job.owner, model_name, staging,
-                                              metrics=metrics, job_id=job.id, spec_id=spec_id)
+                                              metrics=metrics, job_id=job.id, spec_id=spec_id,
+                                              best_epoch=result.get("best_epoch"))
                 done = {**result, "metrics": metrics, "model": f"{mv.name}/{mv.version}"}
                 if not state.finish(job.id, JobStatus.succeeded, result=done, session=s,
                                     attempt=job.attempt, model_version=mv.version):
