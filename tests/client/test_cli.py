@@ -63,7 +63,8 @@ def test_train_watch_and_predict_from_the_shell(url: str, tmp_path: Path) -> Non
     assert dataset["num_rows"] == 600 and set(dataset["arrays"]) == {"x", "y"}
 
     body = {"type": "fit", "spec_id": spec["id"], "dataset_id": dataset["id"], "epochs": 3,
-            "batch_size": 16, "validation_split": 0.3, "seed": 1, "model_name": "cli-linear"}
+            "batch_size": 16, "validation_split_shuffled": 0.3, "seed": 1,
+            "model_name": "cli-linear"}
     job = cli_json(url, "jobs", "submit", "-", stdin=json.dumps(body))
     assert job["status"] == "queued"
 
