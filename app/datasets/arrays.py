@@ -36,7 +36,7 @@ def stored_array(store: ArtifactStore, storage_key: str, arrays: dict[str, Any],
     meta = arrays.get(name)
     if not isinstance(meta, dict):
         raise DomainError(404, "Array not found", f"The dataset has no array '{name}'; it has "
-                          f"{sorted(arrays)}.", [FieldError("/path/name", "unknown array")],
+                          f"{sorted(arrays)}.", [FieldError("/path/array", "unknown array")],
                           type="/problems/not-found")
     return StoredArray(name, store.path(storage_key) / f"{name}.npy",
                        list(meta.get("shape") or []), str(meta.get("dtype")))

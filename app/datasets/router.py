@@ -62,20 +62,23 @@ def get_dataset(caller: CallerDep, session: SessionDep, dataset_id: str) -> Data
     return DatasetRead.model_validate(service.get(session, caller.owner, dataset_id))
 
 
-@router.get("/{dataset_id}/arrays/{name}", response_class=FileResponse,
-            responses={**problems.responses(406),
-                       200: {"content": {arrays.NPY: {}, arrays.JSON: {}}}})
+@router.get("/{dataset_id}/arrays/{array}", response_class=FileResponse,
+            responses={200: {"content": {arrays.NPY: {}, arrays.JSON: {}}},
+                       406: {"description": "JSON asked for an array too large for it, or of "
+                             "a dtype JSON cannot hold",
+                             "content": {problems.PROBLEM_JSON: {
+                                 "schema": {"$ref": "#/components/schemas/Problem"}}}}})
 def get_array(caller: CallerDep, session: SessionDep, store: StoreDep, dataset_id: str,
-              name: Annotated[str, Path(pattern=NAME_RE.pattern)],
+              array: Annotated[str, Path(pattern=NAME_RE.pattern)],
               accept: Annotated[str | None, Header()] = None) -> Response:
     """One array of the dataset (a batch-predict job's predictions, say): the stored `.npy`
     file, streamed (`np.load` reads it), or with `Accept: application/json`
     `{"name", "shape", "dtype", "data"}` for arrays up to 16 MiB (406 past that)."""
     dataset = service.get(session, caller.owner, dataset_id)
-    found = arrays.stored_array(store, dataset.storage_key, dataset.arrays, name)
+    found = arrays.stored_array(store, dataset.storage_key, dataset.arrays, array)
     if arrays.wants_json(accept):
         return Response(arrays.as_json(found), media_type=arrays.JSON)
-    return FileResponse(found.path, media_type=arrays.NPY, filename=f"{name}.npy")
+    return FileResponse(found.path, media_type=arrays.NPY, filename=f"{array}.npy")
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
