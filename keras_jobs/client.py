@@ -174,9 +174,9 @@ class Client:
                  ) -> float | list[float] | dict[str, float]:
         """`model.evaluate` as an evaluate job on a saved version: `model` is `"name"` (the
         latest), `"name/3"`, the History a fit returned, or a model this client trained. As in
-        Keras: the loss (a float) when there are no metrics, else `[loss, *metrics]`, or a
-        dict with `return_dict=True`. `x` may be a dataset or generator of `(x, y)`
-        batches (its batch size is the job's)."""
+        Keras: the loss (a float) when there are no metrics, else `[loss, *metrics]` (the
+        metrics in the order the job recorded them), or a dict with `return_dict=True`. `x`
+        may be a dataset or generator of `(x, y)` batches (its batch size is the job's)."""
         from keras_jobs.inputs import is_iterable_data, pack_arrays, pack_batches
 
         if sample_weight is not None:
@@ -205,7 +205,8 @@ class Client:
                   if isinstance(v, int | float)}
         if return_dict:
             return result
-        values = list(result.values())
+        # Keras's order puts the loss first (the job records the others by name).
+        values = [result[k] for k in sorted(result, key=lambda k: k != "loss")]
         return values[0] if len(values) == 1 else values
 
     def predict(self, model: Any, x: Data, batch_size: int | None = None,
