@@ -1,8 +1,8 @@
 """`Client`: train a Keras model built in a notebook on the service's workers and use what
 they saved, in calls shaped like Keras's own (`fit`, `evaluate`, `predict`, `load_model`).
 
-Only HTTP: the model travels as its config (`model.to_json()`) and compile settings, the data
-as an `.npz` dataset, and the job's events come back as Server-Sent Events. NumPy, Keras and
+Only HTTP: the model travels as its `.keras` file (an upload the service checks), the data as
+an `.npz` dataset, and the job's events come back as Server-Sent Events. NumPy, Keras and
 tqdm are imported when a call needs them, so `import keras_jobs` (and the CLI) start fast and
 work where TensorFlow is not installed."""
 
