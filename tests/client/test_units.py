@@ -361,3 +361,26 @@ def test_predict_halves_its_requests_after_a_413() -> None:
     got = kj.predict("m", x)
     np.testing.assert_array_equal(got, x[:, :1] * 2)
     assert sizes[0] == 1000 and max(sizes[1:]) == 300 and sum(sizes[1:]) == 1000
+
+
+def test_the_readmes_client_calls_fit_the_clients_signatures() -> None:
+    """The README's client block (not run: it needs a service and MobileNetV2's weights) calls
+    only methods the client has, with arguments their signatures take."""
+    import inspect
+    import re
+
+    from keras_jobs import Client
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python client and CLI"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S)
+    assert block is not None
+    calls = [node for node in ast.walk(ast.parse(block.group(1)))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and isinstance(node.func.value, ast.Name) and node.func.value.id == "client"]
+    assert {c.func.attr for c in calls} >= {"fit", "evaluate", "predict", "predict_job",  # type: ignore[attr-defined]
+                                            "dataset", "load_model"}
+    for call in calls:
+        method = getattr(Client, call.func.attr)  # type: ignore[attr-defined]
+        inspect.signature(method).bind(None, *call.args,
+                                       **{k.arg: k.value for k in call.keywords if k.arg})
