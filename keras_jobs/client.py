@@ -9,7 +9,9 @@ work where TensorFlow is not installed."""
 from __future__ import annotations
 
 import builtins
+import hashlib
 import importlib
+import json
 import math
 import os
 import tempfile
@@ -49,6 +51,7 @@ class Client:
         self.url = self.transport.url
         self._datasets: dict[str, str] = {}  # fingerprint of uploaded arrays -> dataset id
         self._trained: dict[int, str] = {}  # id() of a model fit here -> "name/version"
+        self._starts: dict[str, str] = {}  # fingerprint of a model sent -> "name/version"
 
     def close(self) -> None:
         self.transport.close()
@@ -120,9 +123,8 @@ class Client:
             if validation_data is not None:
                 val = self._validation(validation_data, in_names, out_names)
             options = callback_options(callbacks)  # refused here, before any upload
-            start = self.upload_model(model, _start_name(name))
             body: dict[str, Any] = {
-                "type": "fit", "from_model": f"{start['name']}/{start['version']}",
+                "type": "fit", "from_model": self._start(model, _start_name(name)),
                 "x": train.x, "y": train.y, "epochs": epochs, "batch_size": batch_size,
                 "shuffle": shuffle, "initial_epoch": initial_epoch,
                 "validation_freq": validation_freq, "model_name": name}
@@ -508,6 +510,35 @@ class Client:
             raise ValueError("this model was not trained by this client; give the name of a "
                              "saved version ('name' or 'name/3')")
         return ref
+
+    def _start(self, model: Any, name: str) -> str:
+        """The version a fit starts from: `model` uploaded as the next version of `name`, or
+        the version this client uploaded earlier for the same model (config, compile
+        settings, weights and optimizer state alike: re-running a cell stores nothing
+        again), if it still exists."""
+        import numpy as np
+
+        from keras_jobs.arrays import fingerprint
+
+        state = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+        optimizer = getattr(model, "optimizer", None)
+        for i, v in enumerate(getattr(optimizer, "variables", None) or []):
+            state[f"o{i}"] = np.asarray(v)
+        config = json.dumps([model.to_json(), model.get_compile_config()], sort_keys=True,
+                            default=str)
+        key = f"{name}|{fingerprint(state)}|{hashlib.sha256(config.encode()).hexdigest()}"
+        known = self._starts.get(key)
+        if known is not None:
+            ref_name, _, version = known.partition("/")
+            try:
+                self.transport.json("GET", _model_path(ref_name, int(version)))
+                return known
+            except KerasJobsError as exc:
+                if exc.status != 404:
+                    raise
+        created = self.upload_model(model, name)
+        self._starts[key] = f"{created['name']}/{created['version']}"
+        return self._starts[key]
 
     def _validation(self, data: Any, in_names: list[str], out_names: list[str]) -> Packed:
         from keras_jobs.inputs import is_iterable_data, pack_arrays, pack_batches

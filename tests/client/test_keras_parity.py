@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from keras_jobs import Client
+from keras_jobs import Client, KerasJobsError
 from tests.helpers import live_server, two_classes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("keras_first", "worker")]
@@ -161,7 +161,14 @@ def test_a_tf_data_dataset_and_a_generator_train_as_keras_trains_them(kj: Client
         for i in range(0, len(x), 25):
             yield x[i:i + 25], y[i:i + 25]
 
-    history = kj.fit(small_model(seed=9), batches(), seed=1, name="from-generator",
+    model = small_model(seed=9)
+    with pytest.raises(KerasJobsError) as refused:  # after the model and data went up
+        kj.fit(model, batches(), epochs=0, name="from-generator", progress=False)
+    assert refused.value.status == 422 and "/epochs" in refused.value.pointers
+    history = kj.fit(model, batches(), seed=1, name="from-generator",
                      validation_data=data(), progress=False)
     assert history.status == "succeeded", history.job
+    # The same model sent again is not stored again: the start uploaded before is used.
+    assert history.job["params"]["from_model"] == "from-generator.start/1"
+    assert kj.model("from-generator.start")["latest_version"] == 1
     assert history.params["steps"] == 8 and "val_loss" in history.history  # 200 rows / 25
