@@ -60,6 +60,13 @@ def add_commands(parser: argparse.ArgumentParser,
     upload.add_argument("file")
     upload.add_argument("--name", help="the dataset's name (default: the file's)")
 
+    arrays = command(datasets, "download", dataset_download,
+                     "save a dataset's arrays (a batch-predict job's predictions) as .npz, or "
+                     "one array as .npy")
+    arrays.add_argument("id")
+    arrays.add_argument("--array", help="only this array (saved as .npy)")
+    arrays.add_argument("--output", "-o", required=True, help="the file to write")
+
     jobs = group("jobs", "fit, evaluate and predict jobs")
     submit = command(jobs, "submit", job_submit, "submit a job (JSON body file or -)")
     submit.add_argument("file")
@@ -76,6 +83,10 @@ def add_commands(parser: argparse.ArgumentParser,
 
     models = group("models", "trained models")
     command(models, "list", model_list, "models and their latest versions")
+    uploading = command(models, "upload", model_upload, "upload a .keras file "
+                        "(model.save('m.keras')) as the next version of a model")
+    uploading.add_argument("file")
+    uploading.add_argument("name")
     command(models, "show", model_show, "a model's versions, metrics and labels") \
         .add_argument("name")
     remove = command(models, "delete-version", model_delete_version,
@@ -149,6 +160,25 @@ def _dataset_text(dataset: dict[str, Any]) -> str:
                   ("sha256", dataset["sha256"])]) + "\n\n" + \
         table(["array", "shape", "dtype"],
               [[name, meta.get("shape"), meta.get("dtype")] for name, meta in arrays.items()])
+
+
+def dataset_download(client: Client, args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from keras_jobs.arrays import write_npz
+
+    arrays = client.dataset(args.id, args.array)
+    if isinstance(arrays, dict):
+        with open(args.output, "wb") as out:
+            write_npz(arrays, out)
+        shapes = {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()}
+    else:
+        np.save(args.output, arrays, allow_pickle=False)
+        shapes = {args.array: [list(arrays.shape), str(arrays.dtype)]}
+    emit(args, {"output": args.output, "arrays": shapes},
+         table(["array", "shape", "dtype"], [[k, v[0], v[1]] for k, v in shapes.items()])
+         + f"\nwritten to {args.output}")
+    return 0
 
 
 # --- jobs ----------------------------------------------------------------------------------
@@ -246,6 +276,14 @@ def model_list(client: Client, args: argparse.Namespace) -> int:
     emit(args, page, table(["model", "latest", "versions", "updated"],
                            [[m["name"], m["latest_version"], m["versions"],
                              m["updated_at"][:19].replace("T", " ")] for m in page["items"]]))
+    return 0
+
+
+def model_upload(client: Client, args: argparse.Namespace) -> int:
+    created = client.upload_model(args.file, args.name, progress=not args.json,
+                                  file=sys.stderr)
+    emit(args, created, pairs([("model", created["name"]), ("version", created["version"]),
+                               ("bytes", created.get("size_bytes"))]))
     return 0
 
 

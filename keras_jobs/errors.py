@@ -19,11 +19,12 @@ class KerasJobsError(Exception):
 
     `status` is the HTTP status (None when no answer came, or for a job's own failure),
     `title` and `detail` the problem's, `errors` its field list (`[{"pointer", "detail"}]`),
-    `job` the job JSON when a job ended badly."""
+    `job` the job JSON when a job ended badly, `problem` the whole problem body."""
 
     def __init__(self, title: str, detail: str = "", *, status: int | None = None,
                  errors: list[dict[str, Any]] | None = None, type: str | None = None,
-                 job: dict[str, Any] | None = None) -> None:
+                 job: dict[str, Any] | None = None,
+                 problem: dict[str, Any] | None = None) -> None:
         super().__init__(title)
         self.title = title
         self.detail = detail
@@ -31,6 +32,7 @@ class KerasJobsError(Exception):
         self.errors = list(errors or [])
         self.type = type
         self.job = job
+        self.problem = dict(problem or {})  # the whole problem body (e.g. a 413's "limit")
 
     @property
     def pointers(self) -> list[str]:
@@ -64,7 +66,8 @@ def from_response(response: httpx.Response) -> KerasJobsError:
             status=response.status_code,
             errors=[e for e in errors if isinstance(e, dict)] if isinstance(errors, list)
             else None,
-            type=body.get("type") if isinstance(body.get("type"), str) else None)
+            type=body.get("type") if isinstance(body.get("type"), str) else None,
+            problem=body)
     text = response.text.strip() if response.content else ""
     return KerasJobsError(response.reason_phrase or "Error", text[:1000],
                           status=response.status_code)

@@ -9,7 +9,8 @@ class History:
     """`history` (metric → per-epoch values; epochs without validation hold None in `val_*`),
     `epoch` (epoch indices), `params` ({"epochs", "steps", "verbose"}) as in Keras, and `job`
     (the job's JSON), `model_name`, `version`, `model_ref` ("name/version") of the version the
-    job saved. A job left running after Ctrl-C gives a History of the epochs done so far
+    job saved, and `model`: the model `Client.fit` was given, holding the trained weights.
+    A job left running after Ctrl-C gives a History of the epochs done so far
     (`done` is False); `Client.attach(history.job["id"])` follows it again."""
 
     def __init__(self, job: dict[str, Any], params: dict[str, Any]) -> None:
@@ -25,6 +26,7 @@ class History:
         self.params = params
         self.model_name: str | None = job.get("model_name")
         self.version: int | None = job.get("model_version")
+        self.model: Any = None  # the model `Client.fit` trained (as Keras's History.model)
 
     @property
     def status(self) -> str:

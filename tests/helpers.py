@@ -83,7 +83,7 @@ def tutorial_fit(http: Any, spec_id: str, dataset_id: str, model_name: str,
     """Submit the tutorial's fit (5 epochs, batch 16, 30% held out, seed 1); the job's id."""
     r = http.post("/v1/jobs", json={
         "type": "fit", "spec_id": spec_id, "dataset_id": dataset_id, "x": "x", "y": "y",
-        "epochs": 5, "batch_size": 16, "validation_split": 0.3, "seed": 1,
+        "epochs": 5, "batch_size": 16, "validation_split_shuffled": 0.3, "seed": 1,
         "model_name": model_name, **extra})
     assert r.status_code == 202, r.text
     return str(r.json()["id"])

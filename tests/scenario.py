@@ -25,7 +25,8 @@ def run_tutorial(http: Any, model_name: str, seed: int = 1) -> dict[str, Any]:
 
     r = http.post("/v1/jobs", json={
         "type": "fit", "spec_id": spec["id"], "dataset_id": dataset["id"], "x": "x", "y": "y",
-        "epochs": 5, "batch_size": 16, "validation_split": 0.3, "shuffle": True, "seed": seed,
+        "epochs": 5, "batch_size": 16, "validation_split_shuffled": 0.3, "shuffle": True,
+        "seed": seed,
         "model_name": model_name})
     assert r.status_code == 202, r.text
     assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}"

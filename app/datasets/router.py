@@ -1,8 +1,10 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from app.api import idempotency, problems
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
@@ -10,7 +12,8 @@ from app.api.idempotency import IdempotencyKeyDep
 from app.api.multipart import openapi_body, receive_file
 from app.api.schemas import Page
 from app.auth import quotas
-from app.datasets import service
+from app.datasets import arrays, service
+from app.datasets.ingest import NAME_RE
 from app.datasets.schemas import DatasetRead
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
@@ -55,6 +58,25 @@ def list_datasets(
 @router.get("/{dataset_id}", response_model=DatasetRead)
 def get_dataset(caller: CallerDep, session: SessionDep, dataset_id: str) -> DatasetRead:
     return DatasetRead.model_validate(service.get(session, caller.owner, dataset_id))
+
+
+@router.get("/{dataset_id}/arrays/{array}", response_class=FileResponse,
+            responses={200: {"content": {arrays.NPY: {}, arrays.JSON: {}}},
+                       406: {"description": "JSON asked for an array too large for it, or of "
+                             "a dtype JSON cannot hold",
+                             "content": {problems.PROBLEM_JSON: {
+                                 "schema": {"$ref": "#/components/schemas/Problem"}}}}})
+def get_array(caller: CallerDep, session: SessionDep, store: StoreDep, dataset_id: str,
+              array: Annotated[str, Path(pattern=NAME_RE.pattern)],
+              accept: Annotated[str | None, Header()] = None) -> Response:
+    """One array of the dataset (a batch-predict job's predictions, say): the stored `.npy`
+    file, streamed (`np.load` reads it), or with `Accept: application/json`
+    `{"name", "shape", "dtype", "data"}` for arrays up to 16 MiB (406 past that)."""
+    dataset = service.get(session, caller.owner, dataset_id)
+    found = arrays.stored_array(store, dataset.storage_key, dataset.arrays, array)
+    if arrays.wants_json(accept):
+        return Response(arrays.as_json(found), media_type=arrays.JSON)
+    return FileResponse(found.path, media_type=arrays.NPY, filename=f"{array}.npy")
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -91,7 +91,14 @@ class FitJobCreate(BaseModel):
     initial_epoch: int = Field(0, ge=0, le=100_000)
     batch_size: int = Field(32, ge=1, le=1_000_000)
     steps_per_epoch: int | None = Field(None, ge=1, le=MAX_STEPS)
-    validation_split: float | None = Field(None, gt=0, lt=1)
+    validation_split: float | None = Field(
+        None, gt=0, lt=1, description="Hold out the last rows, as Keras's model.fit does: "
+        "rows floor(n * (1 - validation_split)) and on, before any shuffling.")
+    validation_split_shuffled: float | None = Field(
+        None, gt=0, lt=1, description="Hold out a seeded random fraction instead: rows "
+        "shuffled by numpy.random.default_rng(seed).permutation(n), the last "
+        "ceil(n * validation_split_shuffled) of that order held out (for data sorted by "
+        "class, where Keras's last rows would be one class).")
     validation_dataset_id: str | None = None
     validation_freq: int = Field(1, ge=1, le=100_000)
     shuffle: bool = True
@@ -172,11 +179,23 @@ def parse_params(raw: dict[str, Any]) -> JobParams:
     """`Job.params` validated with the models the API used; a row that no longer fits them
     (written by an older release) fails its job with the reason."""
     try:
-        return _PARAMS.validate_python(raw)
+        return _PARAMS.validate_python(upgrade_params(raw))
     except ValidationError as exc:
         raise DomainError(422, "Job parameters invalid", "This job's stored parameters no "
                           f"longer match what a job takes; submit it again. {exc}",
                           type="/problems/invalid-input") from exc
+
+
+def upgrade_params(raw: dict[str, Any]) -> dict[str, Any]:
+    """A fit job's params as written by a release whose `validation_split` was the seeded
+    shuffled split (every row written since holds `validation_split_shuffled`, null or not):
+    that split is kept, so a job queued or resumed across the upgrade holds out the rows its
+    earlier attempts held out."""
+    if (raw.get("type") == "fit" and "validation_split_shuffled" not in raw
+            and raw.get("validation_split")):
+        return {**raw, "validation_split": None,
+                "validation_split_shuffled": raw["validation_split"]}
+    return raw
 
 
 class AttemptRead(BaseModel):

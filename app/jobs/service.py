@@ -105,9 +105,12 @@ def _fit_job(session: Session, owner: str, body: FitJobCreate, dataset: Dataset)
     if body.initial_epoch >= body.epochs:
         raise invalid("initial_epoch must be below epochs (as in Keras, epochs is the index of "
                       "the last epoch plus one).", [FieldError("/initial_epoch", "too large")])
-    if body.validation_split and body.validation_dataset_id:
-        raise invalid("Give validation_split or validation_dataset_id, not both.",
-                      [FieldError("/validation_dataset_id", "conflicts with validation_split")])
+    given = [k for k in ("validation_split", "validation_split_shuffled",
+                         "validation_dataset_id") if getattr(body, k)]
+    if len(given) > 1:
+        raise invalid(f"Give one of validation_split (Keras's last rows), "
+                      f"validation_split_shuffled or validation_dataset_id, not {given}.",
+                      [FieldError(f"/{given[-1]}", f"conflicts with {given[0]}")])
     _check_work(body, dataset)
     if body.sample_weight is not None:
         _check_selector(dataset, body.sample_weight, "/sample_weight")

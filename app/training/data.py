@@ -50,17 +50,32 @@ def take(data: Selected, index: np.ndarray) -> Selected:
     return np.asarray(data[index])
 
 
+def last_rows_split(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """`validation_split` as Keras's model.fit takes it: the last rows, before any shuffling,
+    from ``split_at = floor(n * (1.0 - fraction))`` (Keras 3's
+    keras.src.trainers.data_adapters.array_slicing.train_validation_split, the same expression,
+    so the same float rounding). Returns (train rows, validation rows)."""
+    split_at = int(math.floor(n * (1.0 - fraction)))
+    _check_split(split_at, n, fraction, "/validation_split")
+    return np.arange(split_at), np.arange(split_at, n)
+
+
 def split_index(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shuffle rows with `numpy.random.default_rng(seed).permutation(n)`, then hold out the last
-    `fraction` of that order (Keras's own rule for where the split falls:
-    ``split_at = ceil(n * (1 - fraction))``). Returns (train rows, validation rows)."""
+    """`validation_split_shuffled`: shuffle rows with
+    `numpy.random.default_rng(seed).permutation(n)`, then hold out the last `fraction` of that
+    order (``split_at = ceil(n * (1 - fraction))``, as this service always has). Returns
+    (train rows, validation rows)."""
     order = np.random.default_rng(seed).permutation(n)
     split_at = int(math.ceil(n * (1 - fraction)))
-    if split_at <= 0 or split_at >= n:
-        raise invalid(f"validation_split={fraction} leaves no training or no validation rows "
-                      f"of {n}.", [FieldError("/validation_split", "choose a fraction that "
-                                              "leaves rows on both sides")])
+    _check_split(split_at, n, fraction, "/validation_split_shuffled")
     return order[:split_at], order[split_at:]
+
+
+def _check_split(split_at: int, n: int, fraction: float, pointer: str) -> None:
+    if split_at <= 0 or split_at >= n:
+        raise invalid(f"{pointer[1:]}={fraction} leaves no training or no validation rows "
+                      f"of {n}.", [FieldError(pointer, "choose a fraction that leaves rows on "
+                                              "both sides")])
 
 
 def rows(data: Selected) -> int:

@@ -33,9 +33,13 @@ class FitInputs:
         assert sw is None or isinstance(sw, np.ndarray)
         train_rows = np.arange(data.rows(x))
         validation = None
-        if params.validation_split:
-            train_rows, val_rows = data.split_index(len(train_rows), params.validation_split,
-                                                    seed)
+        if params.validation_split:  # Keras's: the last rows
+            train_rows, val_rows = data.last_rows_split(len(train_rows),
+                                                        params.validation_split)
+            validation = (x, y, val_rows)
+        elif params.validation_split_shuffled:
+            train_rows, val_rows = data.split_index(len(train_rows),
+                                                    params.validation_split_shuffled, seed)
             validation = (x, y, val_rows)
         elif validation_arrays is not None:
             xv = data.select(validation_arrays, params.x, "/x")

@@ -4,7 +4,8 @@ A fit job makes exactly these Keras calls (README, "Reproducing a fit job"):
 
     keras.utils.set_random_seed(seed)
     model = <spec built as in POST /v1/specs>; model.compile(**spec["compile"])
-    # validation_split: rows shuffled by numpy.random.default_rng(seed).permutation(n),
+    # validation_split: the last floor(n * (1 - split)) rows on held out, as Keras does;
+    # validation_split_shuffled: rows shuffled by numpy.random.default_rng(seed).permutation(n),
     # the last ceil-rounded fraction held out (data.split_index)
     model.fit(x, y, epochs=..., batch_size=..., shuffle=..., validation_data=(x_val, y_val),
               callbacks=[...], verbose=0)
@@ -192,7 +193,9 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
     callbacks += [nan_guard] if p.terminate_on_nan else []
     callbacks += [keep_best] if keep_best else []
     callbacks += observe.fit_callbacks(job.id, p, store)  # epoch metrics, TensorBoard
-    if needs_adapting(model):  # reading the training rows for adapt() is not free
+    # Only a spec's layers are adapted: a saved version (an upload, a notebook's model) comes
+    # with its state, adapted or not, and model.fit would not adapt it either.
+    if spec_body is not None and needs_adapting(model):  # reading the rows is not free
         adapt_layers(model, inputs.adapt_source())
     inputs.fit(model, batch_size=p.batch_size, shuffle=p.shuffle, seed=seed,
                epochs=p.epochs, initial_epoch=p.initial_epoch,

@@ -133,7 +133,7 @@ def world(client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wor
     w = World(client, a, b, keras_bytes(tmp_path_factory.mktemp("matrix")),
               make_key(a, f"{a}-setup", ["read", "write", "predict"]))
     w.params.update(tenant=a, name="linear", version="1", label="prod", fmt="png",
-                    path="common.js", key_name=f"{a}-setup")
+                    path="common.js", key_name=f"{a}-setup", array="x")
     w.params["spec_id"] = w.as_a("POST", "/v1/specs", json=SEED_SPEC).json()["id"]
     w.params.update(w.fresh_dataset())
     for model in ("linear", "linear-uploads"):
@@ -226,6 +226,7 @@ ROUTES: dict[Route, Entry] = {
     ("GET", "/v1/datasets"): Entry(READ, 200, other=LIST, marker="dataset_id"),
     ("POST", "/v1/datasets"): Entry(WRITE, 201, other=201, body=_dataset),
     ("GET", "/v1/datasets/{dataset_id}"): Entry(READ, 200),
+    ("GET", "/v1/datasets/{dataset_id}/arrays/{array}"): Entry(READ, 200),
     ("DELETE", "/v1/datasets/{dataset_id}"): Entry(WRITE, 204, fresh=World.fresh_dataset),
     ("GET", "/v1/jobs"): Entry(READ, 200, other=LIST, marker="job_id"),
     # B's evaluate job names A's dataset and model: refused as for ids that do not exist.

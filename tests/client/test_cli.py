@@ -63,7 +63,8 @@ def test_train_watch_and_predict_from_the_shell(url: str, tmp_path: Path) -> Non
     assert dataset["num_rows"] == 600 and set(dataset["arrays"]) == {"x", "y"}
 
     body = {"type": "fit", "spec_id": spec["id"], "dataset_id": dataset["id"], "epochs": 3,
-            "batch_size": 16, "validation_split": 0.3, "seed": 1, "model_name": "cli-linear"}
+            "batch_size": 16, "validation_split_shuffled": 0.3, "seed": 1,
+            "model_name": "cli-linear"}
     job = cli_json(url, "jobs", "submit", "-", stdin=json.dumps(body))
     assert job["status"] == "queued"
 
@@ -143,3 +144,30 @@ def test_refusals_print_the_pointers_and_exit_1(url: str, tmp_path: Path) -> Non
                               env={**os.environ, "KJ_URL": "http://127.0.0.1:9"})
     assert env_less.returncode == 0, env_less.stderr
     assert "items" in json.loads(env_less.stdout)
+
+
+def test_upload_a_keras_file_and_download_a_datasets_arrays(url: str, tmp_path: Path) -> None:
+    import keras
+
+    model = keras.Sequential([keras.Input(shape=(2,)), keras.layers.Dense(1)])
+    model.save(tmp_path / "m.keras")
+    created = cli_json(url, "models", "upload", str(tmp_path / "m.keras"), "cli-upload")
+    assert (created["name"], created["version"]) == ("cli-upload", 1)
+    shown = cli(url, "models", "upload", str(tmp_path / "m.keras"), "cli-upload")
+    assert shown.returncode == 0 and "version" in shown.stdout and "2" in shown.stdout
+    (tmp_path / "m.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"0" * 64)
+    refused = cli(url, "models", "upload", str(tmp_path / "m.h5"), "cli-upload")
+    assert refused.returncode == 1 and "/file" in refused.stderr and "HDF5" in refused.stderr
+
+    x, y = two_classes(n=20)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    dataset = cli_json(url, "datasets", "upload", str(tmp_path / "d.npz"))
+    out = cli(url, "datasets", "download", dataset["id"], "-o", str(tmp_path / "back.npz"))
+    assert out.returncode == 0, out.stderr
+    with np.load(tmp_path / "back.npz") as back:
+        np.testing.assert_array_equal(back["x"], x)
+        np.testing.assert_array_equal(back["y"], y)
+    one = cli(url, "datasets", "download", dataset["id"], "--array", "y", "-o",
+              str(tmp_path / "y.npy"))
+    assert one.returncode == 0, one.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), y)

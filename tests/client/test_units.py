@@ -5,6 +5,7 @@ the package's own import rules (no TensorFlow, no `app`)."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import io
 import subprocess
 import sys
@@ -285,14 +286,102 @@ def test_the_client_never_imports_the_service() -> None:
     assert found == []
 
 
-def test_fit_options_with_arrays_become_dataset_arrays() -> None:
-    from types import SimpleNamespace
-
-    from keras_jobs.client import _training_arrays
+def test_fit_arrays_become_dataset_arrays() -> None:
+    from keras_jobs.inputs import pack_arrays
 
     x, y = np.zeros((6, 2), "float32"), np.ones((6, 1), "float32")
-    model = SimpleNamespace(inputs=[SimpleNamespace(name="x")], output_names=["dense"])
-    options: dict[str, Any] = {"sample_weight": np.arange(6.0), "class_weight": {0: 1, 1: 5}}
-    arrays, x_sel, y_sel = _training_arrays(model, x, y, options)
-    assert (x_sel, y_sel) == ("x", "y") and set(arrays) == {"x", "y", "sample_weight"}
-    assert options == {"sample_weight": "sample_weight", "class_weight": {"0": 1.0, "1": 5.0}}
+    packed = pack_arrays(x, y, np.arange(6.0), ["x"], ["dense"])
+    assert (packed.x, packed.y, packed.sample_weight, packed.rows) == ("x", "y",
+                                                                      "sample_weight", 6)
+    assert packed.arrays is not None and set(packed.arrays) == {"x", "y", "sample_weight"}
+    two = pack_arrays({"a": x, "b": x}, [y, y], None, ["a", "b"], ["c", "d"])
+    assert two.x == {"a": "x.a", "b": "x.b"} and two.y == {"c": "y.c", "d": "y.d"}
+
+
+def test_keras_callback_objects_are_refused_with_what_to_send_instead() -> None:
+    from keras_jobs.client import callback_options
+
+    class EarlyStopping:  # stands for keras.callbacks.EarlyStopping: no JSON form
+        pass
+
+    spec = {"type": "EarlyStopping", "monitor": "val_loss"}
+    if importlib.util.find_spec("keras_jobs.callbacks") is None:
+        with pytest.raises(TypeError) as info:
+            callback_options([spec, EarlyStopping()])
+        assert "callbacks[1]" in str(info.value) and '"type": "EarlyStopping"' in str(info.value)
+        assert callback_options([spec]) == {"callbacks": [spec]}
+    assert callback_options(None) == {}
+
+
+def test_batches_of_a_generator_become_one_npz_without_holding_them_all() -> None:
+    from keras_jobs.inputs import is_iterable_data, pack_batches
+
+    x = np.arange(50, dtype="float32").reshape(25, 2)
+    y = np.arange(25, dtype="int64")
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for i in range(0, 25, 10):
+            yield x[i:i + 10], y[i:i + 10], np.ones(len(y[i:i + 10]), dtype="float32")
+
+    assert is_iterable_data(batches()) and not is_iterable_data(x)
+    assert not is_iterable_data({"a": x}) and not is_iterable_data([x, x])
+    packed = pack_batches(batches(), [], [])
+    try:
+        assert (packed.rows, packed.batch_size, packed.x, packed.y) == (25, 10, "x", "y")
+        assert packed.sample_weight == "sample_weight" and packed.path is not None
+        with np.load(packed.path) as data:
+            np.testing.assert_array_equal(data["x"], x)
+            np.testing.assert_array_equal(data["y"], y)
+            assert data["sample_weight"].shape == (25,)
+    finally:
+        packed.close()
+    with pytest.raises(ValueError, match="rows of shape"):
+        pack_batches(iter([(x[:2], y[:2]), (x[:2, :1], y[:2])]), [], [])
+    with pytest.raises(ValueError, match="no batches"):
+        pack_batches(iter([]), [], [])
+
+
+def test_predict_halves_its_requests_after_a_413() -> None:
+    from keras_jobs import Client
+
+    sizes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        rows = np.load(io.BytesIO(request.content), allow_pickle=False)
+        sizes.append(len(rows))
+        if len(rows) > 300:
+            return httpx.Response(413, json={"title": "Too many rows", "detail": "…",
+                                             "status": 413, "limit": 300})
+        out = io.BytesIO()
+        np.save(out, rows[:, :1] * 2)
+        return httpx.Response(200, content=out.getvalue())
+
+    kj = Client("http://test")
+    kj.transport = mock(handler)
+    x = np.arange(2000, dtype="float32").reshape(1000, 2)
+    got = kj.predict("m", x)
+    np.testing.assert_array_equal(got, x[:, :1] * 2)
+    assert sizes[0] == 1000 and max(sizes[1:]) == 300 and sum(sizes[1:]) == 1000
+
+
+def test_the_readmes_client_calls_fit_the_clients_signatures() -> None:
+    """The README's client block (not run: it needs a service and MobileNetV2's weights) calls
+    only methods the client has, with arguments their signatures take."""
+    import inspect
+    import re
+
+    from keras_jobs import Client
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python client and CLI"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S)
+    assert block is not None
+    calls = [node for node in ast.walk(ast.parse(block.group(1)))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and isinstance(node.func.value, ast.Name) and node.func.value.id == "client"]
+    assert {c.func.attr for c in calls} >= {"fit", "evaluate", "predict", "predict_job",  # type: ignore[attr-defined]
+                                            "dataset", "load_model"}
+    for call in calls:
+        method = getattr(Client, call.func.attr)  # type: ignore[attr-defined]
+        inspect.signature(method).bind(None, *call.args,
+                                       **{k.arg: k.value for k in call.keywords if k.arg})

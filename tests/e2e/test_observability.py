@@ -84,7 +84,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         spec = http.post("/v1/specs", json=SEED_SPEC).json()
         r = http.post("/v1/jobs", json={
             "type": "fit", "spec_id": spec["id"], "dataset_id": dataset["id"],
-            "epochs": EPOCHS, "batch_size": 16, "validation_split": 0.25, "seed": 1,
+            "epochs": EPOCHS, "batch_size": 16, "validation_split_shuffled": 0.25, "seed": 1,
             "model_name": MODEL, "tensorboard": True})
         assert r.status_code == 202, r.text
         job = wait_for_job(http, r.json()["id"], timeout=300)

@@ -92,7 +92,8 @@ def test_streaming_input_matches_in_memory(client: Any, classes: dict[str, Any])
     np.testing.assert_allclose(streamed["history"]["loss"], memory["history"]["loss"],
                                atol=1e-6, rtol=0)
     shuffled = fit(client, SEED_SPEC, classes["id"], input="stream", epochs=5, batch_size=16,
-                   validation_split=0.3, seed=5, model_name="stream-tutorial")
+                   validation_split_shuffled=0.3, seed=5,
+                   model_name="stream-tutorial")
     assert shuffled["status"] == "succeeded", shuffled
     assert shuffled["history"]["val_binary_accuracy"][-1] >= 0.93
 
@@ -100,7 +101,7 @@ def test_streaming_input_matches_in_memory(client: Any, classes: dict[str, Any])
 def test_same_seed_deterministic_runs_are_identical(client: Any, classes: dict[str, Any]
                                                     ) -> None:
     spec_id = client.post("/v1/specs", json=SEED_SPEC).json()["id"]
-    opts = {"epochs": 3, "batch_size": 32, "validation_split": 0.2, "seed": 9,
+    opts = {"epochs": 3, "batch_size": 32, "validation_split_shuffled": 0.2, "seed": 9,
             "deterministic": True}
     first = fit(client, spec_id, classes["id"], model_name="det", **opts)
     second = fit(client, spec_id, classes["id"], model_name="det", **opts)
@@ -112,7 +113,7 @@ def test_same_seed_deterministic_runs_are_identical(client: Any, classes: dict[s
 def test_early_stopping_and_keep_best(client: Any, classes: dict[str, Any]) -> None:
     spec = {**SEED_SPEC, "compile": {**SEED_SPEC["compile"], "optimizer": {
         "class_name": "SGD", "config": {"learning_rate": 0.05, "momentum": 0.9}}}}
-    job = fit(client, spec, classes["id"], epochs=50, batch_size=16, validation_split=0.3,
+    job = fit(client, spec, classes["id"], epochs=50, batch_size=16, validation_split_shuffled=0.3,
               seed=1, model_name="early",
               callbacks=[{"type": "EarlyStopping", "monitor": "val_loss", "patience": 1,
                           "restore_best_weights": True}],
@@ -133,7 +134,8 @@ def test_early_stopping_and_keep_best(client: Any, classes: dict[str, Any]) -> N
 
 
 def test_reduce_lr_on_plateau_and_validation_freq(client: Any, classes: dict[str, Any]) -> None:
-    job = fit(client, SEED_SPEC, classes["id"], epochs=4, batch_size=64, validation_split=0.3,
+    job = fit(client, SEED_SPEC, classes["id"], epochs=4, batch_size=64,
+              validation_split_shuffled=0.3,
               validation_freq=2, seed=2, model_name="plateau",
               callbacks=[{"type": "ReduceLROnPlateau", "monitor": "loss", "patience": 1,
                           "factor": 0.5}])
@@ -211,7 +213,7 @@ def test_multi_input_multi_output_mapping(client: Any) -> None:
     }
     job = fit(client, spec, ds["id"], x={"a": "xa", "b": "xb"},
               y={"cls": "label", "reg": "target"}, epochs=2, batch_size=32,
-              validation_split=0.25, seed=1, model_name="two-heads")
+              validation_split_shuffled=0.25, seed=1, model_name="two-heads")
     assert job["status"] == "succeeded", job
     assert {"loss", "cls_loss", "reg_loss", "cls_binary_accuracy", "reg_mae",
             "val_cls_binary_accuracy"} <= set(job["history"])

@@ -63,7 +63,8 @@ def test_fit_history_equals_plain_keras(client: Any) -> None:
     spec = client.post("/v1/specs", json=SEED_SPEC).json()
     r = client.post("/v1/jobs", json={
         "type": "fit", "spec_id": spec["id"], "dataset_id": dataset["id"], "epochs": 5,
-        "batch_size": 16, "validation_split": 0.3, "seed": 1234, "model_name": "determinism"})
+        "batch_size": 16, "validation_split_shuffled": 0.3, "seed": 1234,
+        "model_name": "determinism"})
     job = wait_for_job(client, r.json()["id"])
     assert job["status"] == "succeeded", job
     expected = keras_reference(x, y, 1234)

@@ -36,8 +36,33 @@ def test_unknown_array_points_at_the_selector() -> None:
     assert info.value.errors[0].pointer == "/x/left/1"
 
 
-def test_validation_split_is_keras_rounding_of_a_seeded_permutation() -> None:
-    inputs = FitInputs.from_params(params(x=["a", "b"], y="y", validation_split=0.3),
+def test_validation_split_holds_out_the_last_rows_as_keras_does() -> None:
+    from keras.src.trainers.data_adapters.array_slicing import train_validation_split
+
+    for n, fraction in [(10, 0.3), (1000, 0.3), (7, 0.5), (2000, 0.1), (33, 0.77)]:
+        arrays = {"x": np.arange(n, dtype="float32"), "y": np.arange(n) % 2}
+        inputs = FitInputs.from_params(params(validation_split=fraction), arrays, None,
+                                       seed=7, stream_threshold_bytes=1 << 30)
+        (kx,), (vx,) = train_validation_split((arrays["x"],), fraction)
+        assert arrays["x"][inputs.train_rows].tolist() == np.asarray(kx).tolist()
+        assert inputs.validation is not None
+        assert arrays["x"][inputs.validation[2]].tolist() == np.asarray(vx).tolist()
+
+
+def test_params_of_an_older_release_keep_the_shuffled_split() -> None:
+    from app.jobs.schemas import parse_params
+
+    old = params(validation_split=0.3).model_dump(mode="json")
+    del old["validation_split_shuffled"]  # rows written before the option existed
+    upgraded = parse_params(old)
+    assert isinstance(upgraded, FitJobParams)
+    assert (upgraded.validation_split, upgraded.validation_split_shuffled) == (None, 0.3)
+    new = parse_params(params(validation_split=0.3).model_dump(mode="json"))
+    assert isinstance(new, FitJobParams) and new.validation_split == 0.3
+
+
+def test_validation_split_shuffled_is_a_seeded_permutation() -> None:
+    inputs = FitInputs.from_params(params(x=["a", "b"], y="y", validation_split_shuffled=0.3),
                                    ARRAYS, None, seed=7, stream_threshold_bytes=1 << 30)
     order = np.random.default_rng(7).permutation(10)
     assert inputs.train_rows.tolist() == order[:7].tolist()  # ceil(10 * 0.7) = 7
@@ -68,4 +93,7 @@ def test_stream_or_memory(mode: str, threshold: int, streaming: bool) -> None:
 def test_a_split_that_leaves_no_rows_is_refused() -> None:
     with pytest.raises(DomainError) as info:
         data.split_index(2, 0.01, seed=0)
+    assert info.value.errors[0].pointer == "/validation_split_shuffled"
+    with pytest.raises(DomainError) as info:
+        data.last_rows_split(2, 0.6)
     assert info.value.errors[0].pointer == "/validation_split"
