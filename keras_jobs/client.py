@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -669,23 +668,12 @@ def _start_name(name: str) -> str:
 
 
 def callback_options(callbacks: list[Any] | None) -> dict[str, Any]:
-    """The job options that stand for `callbacks`: dicts are the job's own callback form and
-    pass as they are; Keras callback objects are mapped by keras_jobs.callbacks when it is
-    installed with this client, and refused here, saying what to do instead, otherwise."""
-    if not callbacks:
-        return {}
-    try:
-        module = importlib.import_module("keras_jobs.callbacks")
-    except ImportError:
-        module = None
-    if module is not None:
-        return dict(module.job_options(list(callbacks)))
-    for i, callback in enumerate(callbacks):
-        if not isinstance(callback, Mapping):
-            raise TypeError(f"callbacks[{i}]: {type(callback).__name__} objects cannot be "
-                            "sent to a job by this client; give the job's form instead, e.g. "
-                            '{"type": "EarlyStopping", "monitor": "val_loss", "patience": 3}')
-    return {"callbacks": [dict(c) for c in callbacks]}
+    """The job options that stand for `callbacks`: Keras callback objects mapped to the job's
+    callback form (keras_jobs.callbacks, which refuses, saying what to do instead, what the
+    service does not run), dicts passed as they are."""
+    from keras_jobs.callbacks import to_json
+
+    return {"callbacks": to_json(callbacks)} if callbacks else {}
 
 
 def _nbytes(x: Any) -> int:
