@@ -12,7 +12,6 @@ Sequential one. What Keras itself accepts is accepted: a trailing axis of 1 adde
 from __future__ import annotations
 
 import json
-import math
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import FieldError, invalid
+from app.specs.targets import Shape, row_shape
 from app.tables import Dataset
 
-Shape = tuple[int | None, ...]
 # A saved version's config.json is at most this large (app.registry.upload.MAX_CONFIG_BYTES).
 MAX_CONFIG_BYTES = 16 << 20
 _TEXT_KINDS = frozenset("USO")  # NumPy kinds of strings, bytes, objects
@@ -149,7 +148,7 @@ def _check_one(model_input: ModelInput, dataset: Dataset, selector: str | list[s
             raise invalid(f"Array '{name}'{where} cannot feed {label}.",
                           [FieldError(at, f"'{name}' holds {dtype}; {label} takes "
                                       f"{model_input.dtype or 'numbers'}")])
-    rows = _rows(arrays, selector)
+    rows = row_shape(arrays, selector)
     if rows is None or _fits(rows, model_input.shape):
         return
     want = list(model_input.shape)
@@ -160,20 +159,6 @@ def _check_one(model_input: ModelInput, dataset: Dataset, selector: str | list[s
     raise invalid(f"The arrays named for x do not fit {label}.",
                   [FieldError(pointer, f"{got}; {label} expects rows of shape {want} "
                               "(null = any size)")])
-
-
-def _rows(arrays: dict[str, Any], selector: str | list[str]) -> Shape | None:
-    """Per-row shape of one array, or of stacked columns (their flattened widths summed)."""
-    if isinstance(selector, str):
-        shape = arrays.get(selector, {}).get("shape")
-        return tuple(shape[1:]) if isinstance(shape, list) and shape else None
-    widths = []
-    for name in selector:
-        shape = arrays.get(name, {}).get("shape")
-        if not isinstance(shape, list) or not shape:
-            return None
-        widths.append(math.prod(shape[1:]))
-    return (sum(widths),)
 
 
 def _fits(rows: Shape, want: Shape) -> bool:

@@ -344,7 +344,7 @@ def route_values(w: World | None = None) -> dict[str, str]:
     return dict(w.params) if w else {
         "tenant": "t", "name": "linear", "version": "1", "label": "prod", "fmt": "png",
         "path": "common.js", "key_name": "k", "spec_id": "spec_x", "dataset_id": "ds_x",
-        "job_id": "job_x"}
+        "job_id": "job_x", "array": "x"}
 
 
 # --- the route table itself -------------------------------------------------------------------

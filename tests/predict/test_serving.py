@@ -374,10 +374,14 @@ def test_another_process_sees_a_new_version_without_a_query_per_request(
 
 def test_predict_requests_take_the_fast_path() -> None:
     """:predict and /infer go around FastAPI's routing; anything odd falls through to it."""
+    from app.main import create_app
     from app.predict.router import _fast_route, _infer, _predict
 
+    app = create_app()
+
     def route(path: str, method: str = "POST") -> Any:
-        return _fast_route({"type": "http", "method": method, "path": path})
+        return _fast_route({"type": "http", "method": method, "path": path, "root_path": "",
+                            "app": app})
 
     handler, ref = route("/v1/models/m-1/labels/prod:predict")
     assert handler is _predict and (ref.name, ref.version, ref.label) == ("m-1", None, "prod")
