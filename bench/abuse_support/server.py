@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.helpers import temp_database
+
 READY_TIMEOUT_S = 180.0
 PR_SET_PDEATHSIG = 1
 # Inherited settings that would point the server away from its fresh KJ_HOME.
@@ -92,6 +94,7 @@ class Server:
         self.port = 0
         self.base = ""
         self._log: io.BufferedWriter | None = None
+        self._databases = contextlib.ExitStack()
 
     def start(self) -> None:
         self.home = Path(tempfile.mkdtemp(prefix=f"kj-abuse-{self.label}-"))
@@ -102,8 +105,9 @@ class Server:
                     "KJ_LOG_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "2",
                     "KJ_RATE_LIMIT_WRITES_PER_MIN": "0", "KJ_RATE_LIMIT_PREDICT_PER_MIN": "0",
                     **self.settings})
-        if self.args.database_url:
-            env["KJ_DATABASE_URL"] = self.args.database_url
+        if self.args.postgres:  # a database of its own: the cases write rows, quotas count them
+            env["KJ_DATABASE_URL"] = self._databases.enter_context(
+                temp_database(self.args.postgres, "kj_abuse"))
         if self.args.broker_url:
             env["KJ_BROKER_URL"] = self.args.broker_url
         self._log = (self.home / "server.log").open("wb")
@@ -154,6 +158,7 @@ class Server:
         if self.home is not None:
             shutil.rmtree(self.home, ignore_errors=True)
             self.home = None
+        self._databases.close()  # dropped
 
 
 class ExternalServer:
