@@ -1,0 +1,1 @@
+"""The server and the measuring of bench/abuse.py."""
