@@ -62,7 +62,8 @@ async def get_caller(request: Request) -> Caller:
 
 def get_session() -> Iterator[Session]:
     """The request's unit of work: committed when the handler returns, rolled back if it
-    raises. (Job submission commits early so it can enqueue and report a broker failure.)"""
+    raises. A job is sent to the broker after the commit; a send the broker refuses leaves it
+    queued for the sweep (app.jobs.recovery), so it never fails the request."""
     with session_scope() as session:
         yield session
 

@@ -122,8 +122,9 @@ def once(session: Session, request: IdempotentRequest | None, response: Response
     claimed.status_code = response.status_code or request.id.status_code
     claimed.response_body = jsonable_encoder(result)
     claimed.location = response.headers.get("location")
-    # An after-commit step that fails (a job the broker would not take) fails the request:
-    # then the answer must not be replayed either.
+    # An after-commit step that raises fails the request: then the answer must not be replayed
+    # either. (A job the broker would not take is not such a step: it stays queued for the
+    # sweep, and the recorded answer stands.)
     on_commit_callback_failure(session, lambda: _forget(request.id))
     on_commit(session, _prune)
     return result
