@@ -104,6 +104,10 @@ def add_commands(parser: argparse.ArgumentParser,
                          "several outputs)")
 
 
+# What a shell reports for a process that SIGPIPE ended (128 + 13).
+SIGPIPE_EXIT = 141
+
+
 def run(handler: Handler, args: argparse.Namespace) -> int:
     """A command with its client; a refused request or an unreachable service is a message on
     stderr and exit status 1."""
@@ -115,6 +119,11 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
     except KerasJobsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader left (`keras-jobs jobs list | head`): no message, and no second one when
+        # Python flushes stdout at exit (the way Python's signal docs recommend).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -390,3 +391,19 @@ def test_the_readmes_client_calls_fit_the_clients_signatures() -> None:
         method = getattr(Client, call.func.attr)  # type: ignore[attr-defined]
         inspect.signature(method).bind(None, *call.args,
                                        **{k.arg: k.value for k in call.keywords if k.arg})
+
+
+def test_a_reader_that_leaves_early_sees_no_broken_pipe_message() -> None:
+    """`keras-jobs jobs list | head -1`: the first row, then silence on stderr."""
+    code = ("import argparse, sys\n"
+            "from keras_jobs.cli import run\n"
+            "def rows(client, args):\n"
+            "    for i in range(200_000):\n"
+            "        print('row', i)\n"
+            "    return 0\n"
+            "sys.exit(run(rows, argparse.Namespace(url='http://127.0.0.1:9', api_key=None)))\n")
+    shown = subprocess.run(f'"{sys.executable}" -c "$CODE" | head -1', shell=True,
+                           env={**os.environ, "CODE": code}, capture_output=True, text=True,
+                           timeout=60)
+    assert shown.stdout == "row 0\n"
+    assert shown.stderr == "", shown.stderr
