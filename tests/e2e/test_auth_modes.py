@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import ROOT, free_port, stop_process
+from tests.helpers import ROOT, free_port
+from tests.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
 
@@ -41,36 +41,17 @@ def _create_key(home: Path, name: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-class Server:
-    def __init__(self, home: Path, auth: str, host: str) -> None:
-        self.port = free_port()
-        home.mkdir(parents=True, exist_ok=True)
-        self.log_path = home / f"serve-{self.port}.log"
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--host", host,
-                 "--port", str(self.port)], env=_env(home, auth), cwd=ROOT, stdout=log,
-                stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
+class Server(ServeProcess):
+    """`keras-jobs serve --no-worker` of a user with KJ_HOME and KJ_AUTH; up once /healthz
+    answers (no worker, so never ready)."""
 
-    def wait_healthy(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, self.log()
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, self.log()
-            time.sleep(0.2)
+    def __init__(self, home: Path, auth: str, host: str) -> None:
+        super().__init__(_env(home, auth), home, "--no-worker", "--host", host,
+                         ready="/healthz", timeout=180)
 
     def get(self, path: str, key: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.get(f"{self.url}{path}", headers=headers, timeout=60)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture
@@ -79,7 +60,7 @@ def servers() -> Iterator[list[Server]]:
     started: list[Server] = []
     yield started
     for server in started:
-        stop_process(server.proc)
+        server.stop()
 
 
 def _refused(home: Path, auth: str) -> str:
@@ -100,12 +81,12 @@ def test_auth_modes(tmp_path: Path, servers: list[Server]) -> None:
     # A key made, "auto" starts there (and "off" is still refused: it would let anyone in).
     key = _create_key(network, "first-admin")
     assert "KJ_AUTH=off" in _refused(network, "off")
-    servers.append(Server(network, "auto", "0.0.0.0"))
-    servers.append(Server(auto, "auto", "127.0.0.1"))
-    servers.append(Server(required, "required", "127.0.0.1"))
+    servers.append(Server(network, "auto", "0.0.0.0").start())
+    servers.append(Server(auto, "auto", "127.0.0.1").start())
+    servers.append(Server(required, "required", "127.0.0.1").start())
     on_network, local, strict = servers
     for server in servers:
-        server.wait_healthy()
+        server.wait_ready()
 
     # Started on 0.0.0.0 with a key: keys are required.
     assert on_network.get("/v1/specs").status_code == 401

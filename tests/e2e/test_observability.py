@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import ROOT, SEED_SPEC, free_port, two_classes, upload, wait_for_job
+from tests.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
 MODEL = "obs-linear"
@@ -68,16 +69,10 @@ class Run:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     home = tmp_path_factory.mktemp("obs") / "kj"
     home.mkdir()
-    port, worker_port = free_port(), free_port()
-    log = home / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"],
-            env=_env(home, KJ_LOG_FORMAT="json", KJ_WORKER_METRICS_PORT=str(worker_port)),
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{base}/readyz", proc, 300)
+    worker_port = free_port()
+    env = _env(home, KJ_LOG_FORMAT="json", KJ_WORKER_METRICS_PORT=str(worker_port))
+    with ServeProcess(env, home, "--workers", "2", stop_signal=signal.SIGINT) as server:
+        base, log = server.url, server.log_path
         http = httpx.Client(base_url=base, timeout=60)
         x, y = two_classes(n=100)
         dataset = upload(http, "obs", x=x, y=y)
@@ -93,13 +88,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         answers = _predict_from_many_connections(base)
         yield Run(home, base, f"http://127.0.0.1:{worker_port}", log, job, dataset, spec,
                   answers)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert not list((home / "metrics").glob("serve-*")), "serve left its metrics folder"
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ROOT, SEED_SPEC, assert_problem, free_port, make_key, stop_process
+from tests.helpers import SEED_SPEC, assert_problem, make_key
+from tests.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
 
@@ -25,51 +24,27 @@ PREDICTS_PER_MIN = 3
 # Requests of one round go out within this many seconds; a round is not begun closer than this
 # to the end of a minute (the limits count fixed one-minute windows).
 ROUND_S = 15
-
-
-class Api:
-    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.log_path = log_dir / f"serve-{self.port}.log"
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--host", "127.0.0.1",
-                 "--port", str(self.port)], env=env, cwd=ROOT, stdout=log,
-                stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_healthy(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, self.log()
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, self.log()
-            time.sleep(0.2)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
+Apis = tuple[ServeProcess, ServeProcess]
 
 
 @pytest.fixture(scope="module")
 def apis(service_env: dict[str, str], client: Any,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Api]]:
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Apis]:
     """Two API processes on the suite's database and Redis, with small limits."""
     env = {**os.environ, **service_env, "TF_CPP_MIN_LOG_LEVEL": "2", "KJ_AUTH": "required",
            "KJ_RATE_LIMIT_WRITES_PER_MIN": str(WRITES_PER_MIN),
            "KJ_RATE_LIMIT_PREDICT_PER_MIN": str(PREDICTS_PER_MIN)}
     log_dir = tmp_path_factory.mktemp("rate-limit")
-    pair = (Api(log_dir, env), Api(log_dir, env))
+    args = ("--no-worker", "--host", "127.0.0.1")
+    pair = (ServeProcess(env, log_dir, *args, ready="/healthz", timeout=180).start(),
+            ServeProcess(env, log_dir, *args, ready="/healthz", timeout=180).start())
     try:
         for api in pair:
-            api.wait_healthy()
+            api.wait_ready()
         yield pair
     finally:
         for api in pair:
-            stop_process(api.proc)
+            api.stop()
 
 
 def _window() -> int:
@@ -84,7 +59,7 @@ def _start_of_a_round() -> int:
     return _window()
 
 
-def _round(apis: tuple[Api, Api], key: str, send: Any, limit: int) -> list[httpx.Response] | None:
+def _round(apis: Apis, key: str, send: Any, limit: int) -> list[httpx.Response] | None:
     """`limit` + 2 requests by one key, alternating between the processes, in one window;
     None if the window rolled over meanwhile (the counts start again)."""
     window = _start_of_a_round()
@@ -107,7 +82,7 @@ def _check(answers: list[httpx.Response], limit: int, ok: int, kind: str) -> Non
         assert 1 <= int(r.headers["Retry-After"]) <= 61
 
 
-def _with_one_retry(apis: tuple[Api, Api], tenant: str, send: Any, limit: int,
+def _with_one_retry(apis: Apis, tenant: str, send: Any, limit: int,
                     scopes: list[str]) -> tuple[list[httpx.Response], str]:
     for attempt in range(2):
         key = make_key(tenant, f"{tenant}-{attempt}-{secrets.token_hex(2)}", scopes)
@@ -118,7 +93,7 @@ def _with_one_retry(apis: tuple[Api, Api], tenant: str, send: Any, limit: int,
 
 
 def test_writes_past_the_limit_are_429_whichever_process_gets_them(
-        apis: tuple[Api, Api], service_env: dict[str, str]) -> None:
+        apis: Apis, service_env: dict[str, str]) -> None:
     import redis
 
     tenant = f"rate-{secrets.token_hex(4)}"
@@ -148,7 +123,7 @@ def test_writes_past_the_limit_are_429_whichever_process_gets_them(
 
 
 def test_predictions_past_the_limit_are_429_whichever_process_gets_them(
-        apis: tuple[Api, Api], tmp_path: Path) -> None:
+        apis: Apis, tmp_path: Path) -> None:
     import keras
 
     tenant = f"rate-{secrets.token_hex(4)}"

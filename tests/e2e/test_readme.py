@@ -15,10 +15,8 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT
+from tests.serve_process import ServeProcess
 
 README = ROOT / "README.md"
 ELLIPSIS = "…"
@@ -269,36 +268,12 @@ def test_the_readme_quickstart_reads() -> None:
 
 # --- against a real server ---------------------------------------------------------------------
 
-class Server:
-    def __init__(self, home: Path) -> None:
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KJ_")}
-        env.update({"KJ_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2"})
-        home.mkdir(parents=True, exist_ok=True)
-        self.log_path = home / "serve.log"
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
-                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 300
-        while True:
-            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=10).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "keras-jobs serve did not become ready"
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(90)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def _server(home: Path) -> ServeProcess:
+    """`keras-jobs serve` on the embedded default: a fresh shell's environment (none of the
+    suite's KJ_* settings) but KJ_HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KJ_")}
+    env.update({"KJ_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return ServeProcess(env, home)
 
 
 def _error_examples(text: str) -> dict[str, str]:
@@ -325,8 +300,7 @@ ERROR_SPECS = {
 def test_readme_quickstart_against_a_real_server(tmp_path: Path) -> None:
     text = README.read_text()
     found, rest = steps(quickstart_block(text))
-    server = Server(tmp_path / "kj")
-    try:
+    with _server(tmp_path / "kj") as server:
         work = tmp_path / "work"
         work.mkdir()
         # A fresh shell's: none of the suite's KJ_* settings (its database, its API key).
@@ -343,15 +317,13 @@ def test_readme_quickstart_against_a_real_server(tmp_path: Path) -> None:
         # The metrics example: the quickstart's two predict requests, as /metrics counts them.
         shown = re.search(r"^# (keras_jobs_predict_requests_total\{.*)$", text, re.M)
         assert shown, "the README's metrics example is gone"
-        scraped = httpx.get(f"{server.base}/metrics", timeout=60).text.splitlines()
+        scraped = httpx.get(f"{server.url}/metrics", timeout=60).text.splitlines()
         assert shown.group(1) in scraped, [m for m in scraped if "requests_total" in m]
 
         examples = _error_examples(text)
         for name, spec in ERROR_SPECS.items():
-            r = httpx.post(f"{server.base}/v1/specs", json=spec, timeout=60)
+            r = httpx.post(f"{server.url}/v1/specs", json=spec, timeout=60)
             assert r.status_code == 422, r.text
             messages = [e["detail"] for e in r.json().get("errors", [])] + [r.json()["detail"]]
             regex = ".*".join(re.escape(p) for p in examples[name].split(ELLIPSIS))
             assert any(re.search(regex, m) for m in messages), (examples[name], r.json())
-    finally:
-        server.stop()
