@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -41,10 +40,6 @@ WEIGHTS = "weights.weights.h5"
 META = "meta.json"
 NAME = re.compile(r"e(\d{6})-b(\d{6})")
 TMP_PREFIX = ".tmp-"
-# Test-only fault injection: when set to N, the process kills itself (SIGKILL) while writing
-# the checkpoint of N finished epochs, after the temporary folder is complete and before the
-# rename; once per job (a marker file in the job's folder says it happened).
-KILL_ENV = "KJ_TEST_KILL_IN_CHECKPOINT"
 # Keras's own BackupAndRestore files (checkpoints written before this writer existed).
 LEGACY_WEIGHTS = "latest.weights.h5"
 LEGACY_META = "training_metadata.json"
@@ -183,8 +178,6 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):  # type: ignore[mi
         meta = {"epoch": epoch, "batch": batch, "last_logs": self._last_logs}
         (tmp / META).write_text(json.dumps(meta))
         _fsync_folder(tmp, files=(WEIGHTS, META))
-        if batch == 0:
-            self._maybe_kill_for_test(epoch)
         final = self.dir / name
         if final.exists():  # the same state written again (after a resume): replace it
             _remove(final)
@@ -199,16 +192,6 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):  # type: ignore[mi
         if self.dir.is_dir():
             for leftover in self.dir.glob(f"{TMP_PREFIX}*"):
                 _remove(leftover)
-
-    def _maybe_kill_for_test(self, epoch: int) -> None:
-        if os.environ.get(KILL_ENV) != str(epoch):
-            return
-        marker = self.dir / f".killed-at-{epoch}"
-        if marker.exists():
-            return
-        marker.touch()
-        log.warning("%s=%d: killing this process in the middle of a checkpoint", KILL_ENV, epoch)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _remove(path: Path) -> None:

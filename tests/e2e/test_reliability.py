@@ -37,6 +37,8 @@ from tests.helpers import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+# A sitecustomize that kills a worker in the middle of a checkpoint (see its docstring).
+FAULTS = ROOT / "tests" / "faults"
 
 
 @dataclass
@@ -244,11 +246,12 @@ def test_message_held_by_a_killed_consumer_is_sent_again(iso: Iso) -> None:
 
 
 def test_kill_in_the_middle_of_a_checkpoint_resumes_from_the_one_before(iso: Iso) -> None:
-    """The worker's child kills itself (KJ_TEST_KILL_IN_CHECKPOINT=2) while writing the
-    checkpoint of 2 finished epochs, after the temporary folder is written and before its
-    rename. The next attempt resumes from the checkpoint of epoch 1, repeats no recorded epoch,
-    and the folder is removed once the job has succeeded."""
-    worker = iso.worker("checkpoint-kill", KJ_TEST_KILL_IN_CHECKPOINT="2")
+    """The worker's child kills itself while writing the checkpoint of 2 finished epochs,
+    after the temporary folder is written and before its rename (tests/faults/sitecustomize.py,
+    loaded by this worker only). The next attempt resumes from the checkpoint of epoch 1,
+    repeats no recorded epoch, and the folder is removed once the job has succeeded."""
+    path = os.pathsep.join(p for p in (str(FAULTS), os.environ.get("PYTHONPATH")) if p)
+    worker = iso.worker("checkpoint-kill", PYTHONPATH=path, KJ_FAULT_KILL_IN_CHECKPOINT="2")
     try:
         job = iso.submit(epochs=4)
         done = _succeeded_once(iso.http, job["id"], 4)
