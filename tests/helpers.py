@@ -177,16 +177,13 @@ def check_event_stream(http: Any, job_id: str, epochs: int) -> None:
 def live_server() -> Iterator[str]:
     """A fresh app under a real uvicorn server in a thread (for clients that need real HTTP:
     tritonclient, streams read as they arrive); yields "127.0.0.1:port"."""
-    import socket
     import threading
 
     import uvicorn
 
     from app.main import create_app
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
