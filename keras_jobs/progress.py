@@ -7,8 +7,8 @@ ignores `file`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from typing import IO, Any
 
