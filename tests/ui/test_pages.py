@@ -140,3 +140,20 @@ def test_an_empty_job_log_says_why_it_is_empty(client: Any) -> None:
     with session_scope() as s:
         s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.cancelled))
     assert "no log lines were recorded for this job" in client.get(f"/v1/jobs/{job_id}/logs").text
+
+
+@pytest.mark.parametrize("script", ["models.js", "model.js"])
+def test_number_columns_align_their_headers(client: Any, script: str) -> None:
+    """Right-aligned number cells under left-aligned headers read as a misaligned column:
+    each table marks as many headers `num` as it has `num` cells, and the CSS aligns both."""
+    js = client.get(f"/ui/static/{script}").text
+    cells = js.count('el("td", { class: "num" }')
+    assert cells and js.count('el("th", { class: "num" }') == cells
+    css = client.get("/ui/static/ui.css").text
+    assert re.search(r"th\.num[^{]*\{[^}]*text-align: right", css)
+
+
+def test_the_decision_line_form_starts_at_the_latest_version(client: Any) -> None:
+    js = client.get("/ui/static/model.js").text
+    assert "selected: v.version === model.latest_version" in js
+    assert ".sort((a, b) => b.version - a.version)" in js
