@@ -32,3 +32,37 @@ def test_a_worker_starts_and_stops_quietly(service_env: dict[str, str], client: 
     assert "superuser privileges" not in text, text[-3000:]
     assert text.count("Warm shutdown") <= 1, text[-3000:]
     assert "exitcode 70" not in text, text[-3000:]
+
+
+def test_ctrl_c_stops_serve_with_one_warm_shutdown(service_env: dict[str, str], client: object,
+                                                   tmp_path: Path) -> None:
+    """Ctrl-C reaches the terminal's whole process group. Twice, since the pool child's
+    `exitcode 70` (interrupted while importing TensorFlow) came on one stop in two."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, free_port
+
+    env = {**os.environ, **service_env, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for round_ in range(2):
+        log_path = tmp_path / f"serve-{round_}.log"
+        with log_path.open("wb") as log:
+            # Its own process group, as a shell gives a foreground command.
+            proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port",
+                                     str(free_port())], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        try:
+            _wait_for(log_path, "ready.")
+            if round_ == 1:
+                time.sleep(0.5)  # the pool child may still be importing TensorFlow
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        text = log_path.read_text(errors="replace")
+        assert text.count("Warm shutdown") <= 1, text[-4000:]
+        assert "exitcode 70" not in text, text[-4000:]
