@@ -36,8 +36,8 @@ def test_a_worker_starts_and_stops_quietly(service_env: dict[str, str], client: 
 
 def test_ctrl_c_stops_serve_with_one_warm_shutdown(service_env: dict[str, str], client: object,
                                                    tmp_path: Path) -> None:
-    """Ctrl-C reaches the terminal's whole process group. Twice, since the pool child's
-    `exitcode 70` (interrupted while importing TensorFlow) came on one stop in two."""
+    """Ctrl-C reaches the terminal's whole process group. Twice, since a pool child's
+    `exitcode 70` was reported on one stop in two (the second stop comes sooner after start)."""
     import os
     import signal
     import subprocess
