@@ -28,9 +28,12 @@ def _die_with_parent() -> None:
 
 
 def start_worker(concurrency: int = 1) -> subprocess.Popen[bytes]:
-    """The embedded worker: a separate process (exec'd, so nothing of this one is forked)."""
+    """The embedded worker: a separate process (exec'd, so nothing of this one is forked), in
+    a session of its own: a terminal's Ctrl-C reaches `serve` only, which then stops the worker
+    once (reaching the worker too, it began a second warm shutdown: "Warm shutdown" twice)."""
     cmd = [sys.executable, "-m", "app.cli", "worker", "--concurrency", str(concurrency)]
-    return subprocess.Popen(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    return subprocess.Popen(cmd, start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:

@@ -7,7 +7,9 @@ ignores `file`."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from datetime import datetime
 from typing import IO, Any
 
 from tqdm.auto import tqdm as auto_tqdm
@@ -61,19 +63,34 @@ class EpochBars:
         self.bar_epoch: int | None = None
         self.columns: list[str] | None = None
         self._cls = bar_class(file)
+        # The service's clock, not ours: events replayed in a burst (attaching to a finished
+        # job) would otherwise show rates like 300000 step/s. `_seen` is the recorded time of
+        # the last event, `_began` when the open bar's epoch began by that clock.
+        self._now: float | None = None
+        self._seen: float | None = None
+        self._began: float | None = None
 
     def handle(self, event: Event) -> None:
         data = event.data
-        if event.type == "progress" and isinstance(data.get("epoch"), int):
+        self._now = recorded_time(data)
+        try:
+            self._handle(event.type, data)
+        finally:
+            if self._now is not None:
+                self._seen = self._now
+            self._now = None
+
+    def _handle(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress" and isinstance(data.get("epoch"), int):
             steps = data.get("steps")
             if isinstance(steps, int) and steps > 0:
                 self.steps = steps
-            bar = self._open(data["epoch"])
             batch = data.get("batch")
+            bar = self._open(data["epoch"], batch if isinstance(batch, int) else 0)
             if isinstance(batch, int):
                 self._move(bar, batch)
             self._postfix(bar, data.get("logs"))
-        elif event.type == "epoch" and isinstance(data.get("epoch"), int):
+        elif kind == "epoch" and isinstance(data.get("epoch"), int):
             epoch, logs = data["epoch"], data.get("logs") or {}
             bar = self._open(epoch)
             if bar.total:
@@ -84,11 +101,11 @@ class EpochBars:
                 self._row(epoch, logs)
             self.next_epoch = epoch + 1
             if self.next_epoch < self.epochs:
-                self._open(self.next_epoch)  # shows the next epoch starting
-        elif event.type == "status":
+                self._open(self.next_epoch, starts_now=True)  # the next epoch starting
+        elif kind == "status":
             status = data.get("status")
             if status == "running" and self.next_epoch < self.epochs:
-                self._open(self.next_epoch)
+                self._open(self.next_epoch, starts_now=True)
             elif status == "queued" and data.get("reason"):
                 self.write(f"job queued again: {data['reason']}")
             elif status in TERMINAL:
@@ -105,24 +122,39 @@ class EpochBars:
         if not self.disable:
             self._cls.write(line, file=file or self.file)
 
-    def _open(self, epoch: int) -> text_tqdm[Any]:
+    def _open(self, epoch: int, batch: int = 0, starts_now: bool = False) -> text_tqdm[Any]:
         if self.bar is not None and self.bar_epoch == epoch:
             if self.steps and self.bar.total != self.steps:
                 self.bar.total = self.steps
                 self.bar.refresh()
+            self._clock(self.bar)
             return self.bar
         if self.bar is not None:
             self._close(leave=self.bar.n > 0)
+        # smoothing=0: the rate is steps over elapsed time, which `_clock` sets from the
+        # recorded times (tqdm's moving average would use our clock between updates).
         self.bar = self._cls(total=self.steps, desc=f"Epoch {epoch + 1}/{self.epochs}",
                              unit="step", file=self.file, leave=True, disable=self.disable,
-                             dynamic_ncols=self.file is None)
+                             dynamic_ncols=self.file is None, smoothing=0)
         self.bar_epoch = epoch
+        # An epoch's first progress event comes a while after it began: at the event before.
+        self._began = self._now if starts_now or self._seen is None else self._seen
+        if self._seen is None and batch > 0:
+            # Joined mid-epoch with no earlier event: count the rate from here on.
+            self.bar.initial = self.bar.n = self.bar.last_print_n = batch
+        self._clock(self.bar)
         return self.bar
 
-    @staticmethod
-    def _move(bar: text_tqdm[Any], batch: int) -> None:
+    def _clock(self, bar: text_tqdm[Any]) -> None:
+        """Elapsed time of the bar as the service recorded it (when the events carry it)."""
+        if self._now is not None and self._began is not None and not self.disable:
+            bar.start_t = bar.last_print_t = time.time() - max(0.0, self._now - self._began)
+
+    def _move(self, bar: text_tqdm[Any], batch: int) -> None:
         if batch < bar.n:  # a resumed attempt starts the epoch again
             bar.reset(total=bar.total)
+            self._began = self._now
+            self._clock(bar)
         bar.update(batch - bar.n)
 
     @staticmethod
@@ -151,6 +183,17 @@ def _line(cells: list[str], header: list[str]) -> str:
     """Cells right-aligned under their column names (at least 10 wide: '0.1234' fits)."""
     return "  ".join(cell.rjust(len(name) if i == 0 else max(10, len(name)))
                      for i, (cell, name) in enumerate(zip(cells, header, strict=True)))
+
+
+def recorded_time(data: dict[str, Any]) -> float | None:
+    """When the service recorded the event (its `time`, ISO 8601), as a POSIX timestamp."""
+    value = data.get("time")
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
 
 
 def upload_bar(total: int, desc: str, file: IO[str] | None = None,

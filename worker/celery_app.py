@@ -13,8 +13,10 @@ import os
 import signal
 import threading
 import time
+import warnings
 from typing import Any
 
+from celery.exceptions import SecurityWarning
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from app.core.broker import get_celery
@@ -23,6 +25,20 @@ app = get_celery()
 # worker.observe: job ids for the logs and job durations for the metrics (task signals).
 app.conf.include = ["worker.tasks", "worker.observe"]
 log = logging.getLogger(__name__)
+
+
+def _quiet_root_warning() -> None:
+    """Celery warns on every start as root (a container's default user). The danger it names
+    is a root process unpickling messages, which it refuses outright; with JSON the only
+    accepted content there is nothing to unpickle, so the warning is left out. Should pickle
+    ever be accepted, the warning (and Celery's refusal) come back."""
+    accepted = {*app.conf.accept_content, app.conf.task_serializer, app.conf.result_serializer}
+    if accepted <= {"json", "application/json"}:
+        warnings.filterwarnings("ignore", message="You're running the worker with superuser",
+                                category=SecurityWarning)
+
+
+_quiet_root_warning()
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

@@ -83,9 +83,13 @@ def job_logs(caller: CallerDep, session: SessionDep, store: StoreDep, settings: 
              job_id: str) -> PlainTextResponse:
     """What the job's process logged (warnings, the traceback of a failure): the newest
     KJ_JOB_LOG_BYTES of it."""
-    service.get(session, caller.owner, job_id)
-    return PlainTextResponse(read_tail(store.path(store.log_key(job_id)),
-                                       settings.job_log_bytes))
+    job = service.get(session, caller.owner, job_id)
+    text = read_tail(store.path(store.log_key(job_id)), settings.job_log_bytes)
+    if not text:  # a blank page reads as broken: say why there is nothing
+        text = (f"no log lines yet: the job is {job.status}\n"
+                if job.status in ("queued", "running")
+                else "no log lines were recorded for this job (it logged no warnings or errors)\n")
+    return PlainTextResponse(text)
 
 
 @router.post("/{job_id}:cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead)

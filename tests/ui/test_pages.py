@@ -116,3 +116,44 @@ def test_every_api_call_carries_the_key() -> None:
     assert common.count("fetch(") == 1 and "EventSource(" not in common
     assert "sessionStorage.setItem" in common and "localStorage." not in common
     assert 'headers.set("Authorization", `Bearer ${key}`)' in common
+
+
+def test_an_empty_job_log_says_why_it_is_empty(client: Any) -> None:
+    """The job page's "logs" link opens this route: a blank page read as broken."""
+    from sqlalchemy import update
+
+    from app.core.db import session_scope
+    from app.tables.job import Job, JobStatus
+    from tests.helpers import SEED_SPEC, two_classes, upload
+
+    x, y = two_classes(n=40)
+    dataset = upload(client, "empty-log", x=x, y=y)
+    spec = client.post("/v1/specs", json=SEED_SPEC).json()
+    r = client.post("/v1/jobs", json={"type": "fit", "spec_id": spec["id"],
+                                      "dataset_id": dataset["id"], "epochs": 1})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    logs = client.get(f"/v1/jobs/{job_id}/logs")
+    assert logs.status_code == 200 and logs.headers["content-type"].startswith("text/plain")
+    assert logs.text == "no log lines yet: the job is queued\n"
+    # A job that ran and logged nothing (no worker here: its end is written as a worker would).
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.cancelled))
+    assert "no log lines were recorded for this job" in client.get(f"/v1/jobs/{job_id}/logs").text
+
+
+@pytest.mark.parametrize("script", ["models.js", "model.js"])
+def test_number_columns_align_their_headers(client: Any, script: str) -> None:
+    """Right-aligned number cells under left-aligned headers read as a misaligned column:
+    each table marks as many headers `num` as it has `num` cells, and the CSS aligns both."""
+    js = client.get(f"/ui/static/{script}").text
+    cells = js.count('el("td", { class: "num" }')
+    assert cells and js.count('el("th", { class: "num" }') == cells
+    css = client.get("/ui/static/ui.css").text
+    assert re.search(r"th\.num[^{]*\{[^}]*text-align: right", css)
+
+
+def test_the_decision_line_form_starts_at_the_latest_version(client: Any) -> None:
+    js = client.get("/ui/static/model.js").text
+    assert "selected: v.version === model.latest_version" in js
+    assert ".sort((a, b) => b.version - a.version)" in js

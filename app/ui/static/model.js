@@ -12,8 +12,8 @@
     const state = Object.fromEntries(model.model_version_status.map((s) => [s.version, s]));
     const labelsOf = (v) => Object.entries(model.labels).filter(([, n]) => n === v).map(([l]) => l);
     return el("table", { id: "versions" },
-      el("thead", {}, el("tr", {}, ["Version", "Labels", "Metrics", "Job", "Serving", "Created", ""]
-        .map((h) => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, el("th", { class: "num" }, "Version"),
+        ["Labels", "Metrics", "Job", "Serving", "Created", ""].map((h) => el("th", {}, h)))),
       el("tbody", {}, [...model.versions].sort((a, b) => b.version - a.version).map((v) => {
         const s = state[String(v.version)];
         return el("tr", { "data-version": v.version },
@@ -31,8 +31,11 @@
   // Draws GET /v1/models/{name}/versions/{n}/boundary.png; a refusal (a model without 2
   // inputs, an unknown array) shows its problem detail.
   function boundaryForm(model, datasets) {
-    const version = el("select", { name: "version" }, [...model.versions].reverse()
-      .map((v) => el("option", { value: v.version }, `version ${v.version}`)));
+    // Newest first, the latest chosen: whatever order the API lists the versions in.
+    const version = el("select", { name: "version" }, [...model.versions]
+      .sort((a, b) => b.version - a.version)
+      .map((v) => el("option", { value: v.version, selected: v.version === model.latest_version },
+        `version ${v.version}`)));
     const dataset = el("select", { name: "dataset_id" }, datasets.map(
       (d) => el("option", { value: d.id }, `${d.name} (${d.id})`)));
     const x = el("input", { name: "x", value: "x", size: 8 });

@@ -18,8 +18,11 @@
       }
       body.replaceChildren(el("p", { class: "muted" }, `${page.items.length} of ${page.total}`),
         el("table", { id: "models" },
-          el("thead", {}, el("tr", {}, ["Model", "Latest version", "Versions", "Updated"]
-            .map((h) => el("th", {}, h)))),
+          // Number columns are right-aligned, their headers too (td.num under a left th
+          // read as a misaligned column).
+          el("thead", {}, el("tr", {}, el("th", {}, "Model"),
+            el("th", { class: "num" }, "Latest version"), el("th", { class: "num" }, "Versions"),
+            el("th", {}, "Updated"))),
           el("tbody", {}, page.items.map((m) => el("tr", { "data-model": m.name },
             el("td", {}, el("a", { href: `/ui/models/${encodeURIComponent(m.name)}` }, m.name)),
             el("td", { class: "num" }, m.latest_version),
