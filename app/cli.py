@@ -87,9 +87,10 @@ def _auth_at_start(host: str) -> str | None:
     """Why serving on `host` is refused, or None after saying how requests are let in. The
     API processes learn the address from KJ_BIND_HOST (KJ_AUTH=auto is open only on loopback)."""
     from app.auth.access import is_loopback, refuses_to_start
-    from app.auth.keys import KEYS
+    from app.auth.keys import KEYS, key_hash
 
     KEYS.load()
+    key_hash("")  # the home's pepper is made (or its absence warned about) now, not mid-request
     refusal = refuses_to_start(host, KEYS.any_key)
     if refusal is not None:
         return refusal
