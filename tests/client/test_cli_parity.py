@@ -3,6 +3,9 @@ keys` acts on the server `--url` names, through its /v1/keys routes."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.client.test_cli import cli, cli_json, write_json
-from tests.helpers import SEED_SPEC, live_server, two_classes
+from tests.helpers import ROOT, SEED_SPEC, live_server, two_classes
 
 pytestmark = pytest.mark.slow
 
@@ -42,3 +45,37 @@ def test_specs_and_datasets_are_listed_and_shown(url: str, tmp_path: Path) -> No
     assert text.returncode == 0 and "sha256" in text.stdout
     missing = cli(url, "specs", "show", "spec_nope")
     assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def keys(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env}
+    return subprocess.run([sys.executable, "-m", "app.cli", "keys", *args], env=full, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_keys_with_a_url_act_through_that_server(url: str, tmp_path: Path) -> None:
+    # No database reachable from this process: only the server can make, list and revoke.
+    away = {"KJ_HOME": str(tmp_path), "KJ_DATABASE_URL": "postgresql+psycopg://x@127.0.0.1:1/x"}
+    made = keys("create", "--tenant", "local", "--name", "via-server", "--scopes", "read",
+                "--url", url, **away)
+    assert made.returncode == 0, made.stderr
+    assert "created key 'via-server'" in made.stdout
+    assert made.stdout.splitlines()[-1].startswith("kj_")
+    listed = keys("list", "--url", url, **away)
+    assert listed.returncode == 0 and "via-server" in listed.stdout
+    revoked = keys("revoke", "via-server", "--url", url, **away)
+    assert revoked.returncode == 0 and "revoked key 'via-server'" in revoked.stdout
+    refused = keys("list", "--url", url, "--api-key", "kj_000000000000_" + "x" * 43, **away)
+    assert refused.returncode == 1 and "401" in refused.stderr
+    assert not list(tmp_path.iterdir())  # no home was made
+
+
+def test_keys_without_a_url_say_which_home_and_what_stays_with_local(
+        url: str, tmp_path: Path, service_env: dict[str, str]) -> None:
+    cli_json(url, "specs", "create", write_json(tmp_path / "spec.json", SEED_SPEC))  # 'local'
+    first = keys("create", "--tenant", "parity-acme", "--name", "parity-acme-1")
+    assert first.returncode == 0, first.stderr
+    assert f"KJ_HOME={service_env['KJ_HOME']}" in first.stderr
+    assert "tenant 'local'" in first.stderr and "--tenant local" in first.stderr
+    second = keys("create", "--tenant", "parity-acme", "--name", "parity-acme-2")
+    assert second.returncode == 0 and "tenant 'local'" not in second.stderr
