@@ -13,12 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from app.auth.keys import BUILT_IN_PEPPER, PEPPER_FILE
 from app.core.db import session_scope
 from app.tables import ApiKey
 from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow  # each test runs `keras-jobs keys` in a process of its own
 
 
 def make_key(name: str, **env: str) -> tuple[str, str, str]:
