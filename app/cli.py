@@ -10,10 +10,17 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from app.core.config import get_settings
 from app.core.logs import configure_logging, uvicorn_log_config
 from app.core.metrics_dir import remove_dir, use_fresh_dir
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from app.tables import ApiKey
 
 log = logging.getLogger("keras_jobs")
 PR_SET_PDEATHSIG = 1
@@ -90,9 +97,10 @@ def _auth_at_start(host: str) -> str | None:
     """Why serving on `host` is refused, or None after saying how requests are let in. The
     API processes learn the address from KJ_BIND_HOST (KJ_AUTH=auto is open only on loopback)."""
     from app.auth.access import is_loopback, refuses_to_start
-    from app.auth.keys import KEYS
+    from app.auth.keys import KEYS, key_hash
 
     KEYS.load()
+    key_hash("")  # the home's pepper is made (or its absence warned about) now, not mid-request
     refusal = refuses_to_start(host, KEYS.any_key)
     if refusal is not None:
         return refusal
@@ -111,35 +119,70 @@ def _auth_at_start(host: str) -> str | None:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    """API keys, made on the server's own database (the first admin key comes from here)."""
+    """API keys: through a running server's /v1/keys when `--url` is given (with an admin's or
+    operator's key), else on the database of this process's KJ_HOME (the first admin key comes
+    from here, before any key exists)."""
+    if getattr(args, "url_given", False):
+        return _keys_on_server(args)
+    return _keys_on_database(args)
+
+
+def _keys_on_server(args: argparse.Namespace) -> int:
+    from keras_jobs.client import Client
+    from keras_jobs.errors import KerasJobsError
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        with Client(args.url, args.api_key) as client:
+            if args.keys_command == "create":
+                key = client.create_key({"tenant": args.tenant, "name": args.name,
+                                         "scopes": _scopes(args.scopes),
+                                         "expires_in_days": args.expires_in_days})
+                _print_created(key, key["key"])
+            elif args.keys_command == "list":
+                _print_keys(client.keys(args.tenant))
+            else:
+                key = client.revoke_key(args.name)
+                print(f"revoked key '{key['name']}' (tenant '{key['tenant']}')")
+    except (KerasJobsError, OSError, ValueError) as exc:
+        print(f"keras-jobs keys: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _keys_on_database(args: argparse.Namespace) -> int:
+    from sqlalchemy import make_url
+
     from app.auth import audit, keys
     from app.core.db import session_scope
     from app.core.errors import DomainError
     from app.core.migrate import upgrade
 
     settings = get_settings()
+    # Said because a wrong KJ_HOME silently makes a new, empty home (and keys nobody checks).
+    database = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+    print(f"keras-jobs keys: on the database of KJ_HOME={settings.home} ({database}); "
+          "--url URL acts on a running server instead", file=sys.stderr)
     settings.ensure_dirs()
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the key is what this prints
     upgrade(settings.resolved_database_url)
     try:
         with session_scope() as s:
             if args.keys_command == "create":
+                hidden = _local_rows_hidden_by(s, args.tenant)
                 row, raw = keys.create(s, tenant=args.tenant, name=args.name,
-                                       scopes=[x.strip() for x in args.scopes.split(",") if x],
+                                       scopes=_scopes(args.scopes),
                                        expires_in_days=args.expires_in_days, created_by="cli")
                 audit.record(s, tenant=row.tenant, actor="cli", action="key.create",
                              target=f"key/{row.name}", scopes=row.scopes)
-                expires = row.expires_at.isoformat() if row.expires_at else "never"
-                print(f"created key '{row.name}' for tenant '{row.tenant}' (scopes "
-                      f"{','.join(row.scopes)}; expires {expires}); it is shown only now:")
-                print(raw)
+                if hidden:
+                    print(f"note: the {hidden} specs, datasets, jobs and model versions made "
+                          "before keys belong to tenant 'local' and stay there: keys of tenant "
+                          f"'{row.tenant}' do not see them. A key made with --tenant local "
+                          "(or --scopes operator) reaches them.", file=sys.stderr)
+                _print_created(_key_fields(row), raw)
             elif args.keys_command == "list":
-                print(f"{'NAME':<24} {'TENANT':<16} {'SCOPES':<28} {'EXPIRES':<26} "
-                      f"{'REVOKED':<26} LAST USED")
-                for k in keys.list_(s, args.tenant):
-                    print(f"{k.name:<24} {k.tenant:<16} {','.join(k.scopes):<28} "
-                          f"{_when(k.expires_at):<26} {_when(k.revoked_at):<26} "
-                          f"{_when(k.last_used_at)}")
+                _print_keys([_key_fields(k) for k in keys.list_(s, args.tenant)])
             else:
                 row = keys.revoke(s, args.name)
                 audit.record(s, tenant=row.tenant, actor="cli", action="key.revoke",
@@ -149,6 +192,47 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"keras-jobs keys: {exc}", file=sys.stderr)
         return 2 if exc.status == 422 else 1
     return 0
+
+
+def _local_rows_hidden_by(session: Session, tenant: str) -> int:
+    """How many rows of tenant 'local' (open mode's) exist when `tenant`'s first key is made:
+    they stay with 'local', out of the new key's sight."""
+    from sqlalchemy import func, select
+
+    from app.auth import keys
+    from app.tables import Dataset, Job, ModelVersion, Spec
+
+    if tenant == "local" or keys.list_(session, tenant):
+        return 0
+    return sum(session.scalar(select(func.count()).select_from(t).where(t.owner == "local"))
+               or 0 for t in (Spec, Dataset, Job, ModelVersion))
+
+
+def _scopes(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _key_fields(row: ApiKey) -> dict[str, object]:
+    """A key row as the server's JSON has it (one printer for both paths)."""
+    return {"name": row.name, "tenant": row.tenant, "scopes": row.scopes,
+            "expires_at": row.expires_at, "revoked_at": row.revoked_at,
+            "last_used_at": row.last_used_at}
+
+
+def _print_created(key: Mapping[str, Any], raw: str) -> None:
+    expires = "never" if key["expires_at"] is None else _when(key["expires_at"])
+    print(f"created key '{key['name']}' for tenant '{key['tenant']}' (scopes "
+          f"{','.join(key['scopes'])}; expires {expires}); it is shown only now:")
+    print(raw)
+
+
+def _print_keys(rows: list[dict[str, Any]]) -> None:
+    print(f"{'NAME':<24} {'TENANT':<16} {'SCOPES':<28} {'EXPIRES':<26} "
+          f"{'REVOKED':<26} LAST USED")
+    for k in rows:
+        print(f"{k['name']:<24} {k['tenant']:<16} {','.join(k['scopes']):<28} "
+              f"{_when(k['expires_at']):<26} {_when(k['revoked_at']):<26} "
+              f"{_when(k['last_used_at'])}")
 
 
 def _when(value: object) -> str:
@@ -239,11 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("--host", default="127.0.0.1")
     board.add_argument("--port", type=int, default=6006)
     board.set_defaults(func=cmd_tensorboard)
-    keys_ = sub.add_parser("keys", help="API keys: create, list, revoke (on the server's "
-                           "database)")
+    keys_ = sub.add_parser("keys", help="API keys: create, list, revoke (with --url: through "
+                           "that server, as an admin; without: on KJ_HOME's database)")
     keys_sub = keys_.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="make a key; its last line is the key")
-    create.add_argument("--tenant", required=True)
+    create.add_argument("--tenant", required=True,
+                        help="the key's tenant; what was made before any key existed (open "
+                        "mode) belongs to tenant 'local'")
     create.add_argument("--name", required=True)
     create.add_argument("--scopes", default="read,write,predict",
                         help="comma-separated: read, write, predict, admin (its own tenant), "
@@ -253,6 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--tenant", default=None)
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
+    for keys_command in (create, listing, revoke):
+        keys_command.add_argument("--url", default=argparse.SUPPRESS,
+                                  help="act through this server's /v1/keys (default: on the "
+                                  "database of KJ_HOME)")
+        keys_command.add_argument("--api-key", default=argparse.SUPPRESS,
+                                  help="an admin's or operator's key, with --url (default: "
+                                  "$KJ_API_KEY)")
     keys_.set_defaults(func=cmd_keys)
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest")
     migrate.set_defaults(func=cmd_migrate)
@@ -260,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
 
     add_commands(parser, sub)
     args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args.url_given = any(w == "--url" or w.startswith("--url=") for w in words)
     configure_logging(get_settings().log_level, get_settings().log_format)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return int(args.func(args))

@@ -53,8 +53,14 @@ def add_commands(parser: argparse.ArgumentParser,
     specs = group("specs", "model specs")
     command(specs, "create", spec_create, "validate and store a spec (JSON file or -)") \
         .add_argument("file")
+    command(specs, "list", spec_list, "specs, newest first").add_argument(
+        "--limit", type=int, default=50)
+    command(specs, "show", spec_show, "a spec: its parameters and layers").add_argument("id")
 
     datasets = group("datasets", "datasets")
+    command(datasets, "list", dataset_list, "datasets, newest first").add_argument(
+        "--limit", type=int, default=50)
+    command(datasets, "show", dataset_show, "a dataset: its rows and arrays").add_argument("id")
     upload = command(datasets, "upload", dataset_upload,
                      "upload a .npz, .npy or CSV file as a dataset")
     upload.add_argument("file")
@@ -144,7 +150,23 @@ def read_json(path: str) -> Any:
 # --- specs and datasets ------------------------------------------------------------------
 
 def spec_create(client: Client, args: argparse.Namespace) -> int:
-    spec = client.create_spec(read_json(args.file))
+    return _spec_out(args, client.create_spec(read_json(args.file)))
+
+
+def spec_show(client: Client, args: argparse.Namespace) -> int:
+    return _spec_out(args, client.spec(args.id))
+
+
+def spec_list(client: Client, args: argparse.Namespace) -> int:
+    page = client.specs(args.limit)
+    rows = [[s["id"], s["name"], s["total_params"], s["created_at"][:19].replace("T", " ")]
+            for s in page["items"]]
+    emit(args, page, table(["id", "name", "params", "created"], rows)
+         + f"\n({len(rows)} of {page['total']})")
+    return 0
+
+
+def _spec_out(args: argparse.Namespace, spec: dict[str, Any]) -> int:
     layers = spec.get("summary", {}).get("layers", [])
     emit(args, spec, pairs([("id", spec["id"]), ("name", spec["name"]),
                             ("total params", spec["total_params"]),
@@ -158,6 +180,21 @@ def spec_create(client: Client, args: argparse.Namespace) -> int:
 def dataset_upload(client: Client, args: argparse.Namespace) -> int:
     dataset = client.upload_file(args.file, args.name, progress=not args.json,
                                  file=sys.stderr)
+    emit(args, dataset, _dataset_text(dataset))
+    return 0
+
+
+def dataset_list(client: Client, args: argparse.Namespace) -> int:
+    page = client.datasets(args.limit)
+    rows = [[d["id"], d["name"], d["num_rows"], d["size_bytes"],
+             d["created_at"][:19].replace("T", " ")] for d in page["items"]]
+    emit(args, page, table(["id", "name", "rows", "bytes", "created"], rows)
+         + f"\n({len(rows)} of {page['total']})")
+    return 0
+
+
+def dataset_show(client: Client, args: argparse.Namespace) -> int:
+    dataset = client.dataset_info(args.id)
     emit(args, dataset, _dataset_text(dataset))
     return 0
 

@@ -325,6 +325,30 @@ class Client:
     def create_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         return dict(self.transport.json("POST", "/v1/specs", json=spec))
 
+    def specs(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """A page of specs: {"items", "total", "limit", "offset"}."""
+        return dict(self.transport.json("GET", "/v1/specs",
+                                        params={"limit": limit, "offset": offset}))
+
+    def spec(self, spec_id: str) -> dict[str, Any]:
+        return dict(self.transport.json("GET", f"/v1/specs/{quote(spec_id)}"))
+
+    def create_key(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/keys (an admin's or operator's key): the new key, its `key` shown once."""
+        return dict(self.transport.json("POST", "/v1/keys", json=body))
+
+    def keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        params = {"tenant": tenant} if tenant else None
+        return list(self.transport.json("GET", "/v1/keys", params=params))
+
+    def revoke_key(self, name: str) -> dict[str, Any]:
+        return dict(self.transport.json("DELETE", f"/v1/keys/{quote(name)}"))
+
+    def datasets(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """A page of datasets: {"items", "total", "limit", "offset"}."""
+        return dict(self.transport.json("GET", "/v1/datasets",
+                                        params={"limit": limit, "offset": offset}))
+
     def upload_file(self, path: str | os.PathLike[str], name: str | None = None, *,
                     progress: bool = True, file: IO[str] | None = None) -> dict[str, Any]:
         """Upload a `.npz`, `.npy` or CSV file as a dataset, streamed, with a bytes bar."""

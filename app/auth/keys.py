@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -39,10 +42,49 @@ TOUCH_S = 60.0
 # Keys remembered as verified per process (only valid ones are; a reload forgets them all).
 MAX_VERIFIED = 10_000
 GENERATION = "keys"
+# The pepper of homes whose keys were made before a pepper was generated (their hashes use it).
+BUILT_IN_PEPPER = "keras-jobs api key v1"
+# Where a pepper generated on first start is kept, in the home every process shares.
+PEPPER_FILE = "key-pepper"
+log = logging.getLogger("keras_jobs")
+_home_peppers: dict[Path, bytes] = {}
 
 
 def _pepper() -> bytes:
-    return (get_settings().key_pepper or "keras-jobs api key v1").encode()
+    """KJ_KEY_PEPPER if set; else the home's pepper file (made on first use)."""
+    settings = get_settings()
+    if settings.key_pepper:
+        return settings.key_pepper.encode()
+    pepper = _home_peppers.get(settings.home)
+    if pepper is None:
+        pepper = _home_peppers[settings.home] = _home_pepper(settings.home)
+    return pepper
+
+
+def _home_pepper(home: Path) -> bytes:
+    """The pepper kept in `home`, generated (0600) when the home has none and no key yet. A
+    home whose keys were hashed with the built-in pepper keeps it, or they would stop working."""
+    path = home / PEPPER_FILE
+    if not path.exists():
+        with session_scope() as s:
+            has_keys = s.scalar(select(ApiKey.id).limit(1)) is not None
+        if has_keys:
+            log.warning("API keys are hashed with the built-in pepper (KJ_KEY_PEPPER is unset "
+                        "and %s does not exist), so a database dump can confirm a guessed key; "
+                        "set KJ_KEY_PEPPER (openssl rand -hex 32) and make the keys again", path)
+            return BUILT_IN_PEPPER.encode()
+        home.mkdir(parents=True, exist_ok=True)
+        draft = home / f".{PEPPER_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(draft, path)  # atomic: of processes starting together, one pepper wins
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip().encode()
 
 
 def key_hash(raw: str) -> str:

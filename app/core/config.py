@@ -129,7 +129,9 @@ class Settings(BaseSettings):
     # looks at the local address each connection arrived on instead.
     bind_host: str = ""
     # Keys are stored as HMAC-SHA256(pepper, key): with a pepper set here (and not in the
-    # database), a database dump alone cannot even confirm a guessed key.
+    # database), a database dump alone cannot even confirm a guessed key. Unset: a pepper
+    # generated on first start and kept in $KJ_HOME/key-pepper (0600), shared by every process
+    # of that home (app/auth/keys.py; a home with older keys keeps the built-in one, warned).
     key_pepper: str = ""
     # Per-tenant quotas (an admin overrides them per tenant: PUT /v1/tenants/{tenant}/quotas).
     # Largest upload is max_upload_bytes above.
