@@ -306,3 +306,13 @@ def auth_headers() -> dict[str, str]:
     """The suite's admin key (made by the `client` fixture), for clients of live servers."""
     key = os.environ.get("KJ_API_KEY")
     return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def keras_bytes(folder: Path) -> bytes:
+    """A Dense(1) on input "x" of 2 features, saved untrained (no fit job needed)."""
+    import keras
+
+    model = keras.Sequential([keras.Input(shape=(2,), name="x"), keras.layers.Dense(1)])
+    path = folder / "m.keras"
+    model.save(path)
+    return path.read_bytes()

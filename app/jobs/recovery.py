@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import or_, select
 
@@ -107,19 +108,30 @@ def take_over_if_dead(job_id: str, stale_after_s: float) -> bool:
     """For a worker holding a message for a job marked running: if that job's process is
     gone, requeue it (without sending another message) so this worker can claim it now.
     Returns whether it did."""
+    running = _running_attempt(job_id, stale_after_s)
+    if running is None:
+        return False
+    attempt, reason = running
+    if reason is None:
+        return False
+    return state.requeue_dead(job_id, attempt, reason, dispatch=False) == JobStatus.queued
+
+
+def _running_attempt(job_id: str, stale_after_s: float,
+                     *where: Any) -> tuple[int, str | None] | None:
+    """The running attempt of `job_id` (when it matches `where` too) and why its process is
+    dead (None: alive); None when the job is not running."""
     with session_scope() as s:
         row = s.execute(select(Job.attempt, Job.heartbeat_at, JobAttempt.worker,
                                JobAttempt.host_key)
                         .join(JobAttempt, (JobAttempt.job_id == Job.id)
                               & (JobAttempt.number == Job.attempt), isouter=True)
-                        .where(Job.id == job_id, Job.status == JobStatus.running)).first()
+                        .where(Job.id == job_id, Job.status == JobStatus.running,
+                               *where)).first()
     if row is None:
-        return False
+        return None
     attempt, beat, worker, key = row
-    reason = _why_dead(worker, key, beat, utcnow(), stale_after_s)
-    if reason is None:
-        return False
-    return state.requeue_dead(job_id, attempt, reason, dispatch=False) == JobStatus.queued
+    return attempt, _why_dead(worker, key, beat, utcnow(), stale_after_s)
 
 
 def _why_dead(worker: str | None, key: str | None, beat: datetime | None, now: datetime,
@@ -136,17 +148,10 @@ def end_cancelled_if_dead(job_id: str, stale_after_s: float) -> bool:
     """A running job whose cancel was requested and whose process is gone (as in step 1) is
     cancelled now (requeue_dead ends such a job as cancelled). Returns whether the job is no
     longer running."""
-    with session_scope() as s:
-        row = s.execute(select(Job.attempt, Job.heartbeat_at, JobAttempt.worker,
-                               JobAttempt.host_key)
-                        .join(JobAttempt, (JobAttempt.job_id == Job.id)
-                              & (JobAttempt.number == Job.attempt), isouter=True)
-                        .where(Job.id == job_id, Job.status == JobStatus.running,
-                               Job.cancel_requested.is_(True))).first()
-    if row is None:
+    running = _running_attempt(job_id, stale_after_s, Job.cancel_requested.is_(True))
+    if running is None:
         return True
-    attempt, beat, worker, key = row
-    reason = _why_dead(worker, key, beat, utcnow(), stale_after_s)
+    attempt, reason = running
     if reason is None:
         return False
     return state.requeue_dead(job_id, attempt, reason, dispatch=False) is not None

@@ -13,7 +13,6 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +22,7 @@ from fastapi.routing import iter_route_contexts
 
 from app.api.auth import PUBLIC, PUBLIC_PREFIXES, is_public
 from app.main import create_app
-from tests.helpers import SEED_SPEC, make_key, npz_bytes
+from tests.helpers import SEED_SPEC, keras_bytes, make_key, npz_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -114,16 +113,6 @@ def dataset_bytes() -> bytes:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, 2)).astype("float32")
     return npz_bytes(x=x, y=(x[:, :1] > 0).astype("float32"))
-
-
-def keras_bytes(folder: Path) -> bytes:
-    """A Dense(1) on input "x" of 2 features, saved untrained (no fit job needed)."""
-    import keras
-
-    model = keras.Sequential([keras.Input(shape=(2,), name="x"), keras.layers.Dense(1)])
-    path = folder / "m.keras"
-    model.save(path)
-    return path.read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,13 @@ import secrets
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import assert_problem, make_key
+from tests.helpers import assert_problem, keras_bytes, make_key
 
 pytestmark = pytest.mark.slow
 
@@ -48,15 +47,6 @@ class Setup:
             request.headers["authorization"] = f"Bearer {self.key(*scopes)}"
         response: httpx.Response = self.http.send(request)
         return response
-
-
-def keras_bytes(folder: Path) -> bytes:
-    import keras
-
-    model = keras.Sequential([keras.Input(shape=(2,), name="x"), keras.layers.Dense(1)])
-    path = folder / "m.keras"
-    model.save(path)
-    return path.read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,9 @@ import numpy as np
 import pytest
 
 from keras_jobs import Client, KerasJobsError
-from tests.helpers import live_server, two_classes
+from tests.helpers import two_classes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("keras_first", "worker")]
-
-
-@pytest.fixture(scope="session")
-def keras_first() -> None:
-    """Keras imported before the API starts (see tests/e2e/test_batch_predict.py)."""
-    import keras  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def kj(client: Any) -> Iterator[Client]:
-    with live_server() as url, Client(f"http://{url}") as kj:
-        yield kj
 
 
 def shuffled_classes(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

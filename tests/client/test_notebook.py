@@ -15,22 +15,9 @@ import pytest
 
 from keras_jobs import Client, History, KerasJobsError
 from keras_jobs.events import Event
-from tests.helpers import live_server, two_classes, upload, wait_for_job
+from tests.helpers import two_classes, upload, wait_for_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("keras_first", "worker")]
-
-
-@pytest.fixture(scope="session")
-def keras_first() -> None:
-    """Keras imported before the API starts (see tests/e2e/test_batch_predict.py)."""
-    import keras  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def kj(client: Any) -> Iterator[Client]:
-    """A keras_jobs.Client against the test app served over real HTTP."""
-    with live_server() as url, Client(f"http://{url}") as kj:
-        yield kj
 
 
 def tutorial_model() -> Any:
