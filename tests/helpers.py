@@ -30,10 +30,11 @@ def reset_caches() -> None:
         fn.cache_clear()
 
 
-def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`keras-jobs worker ARGS` under ENV (over this process's environment), output to log_path."""
     full = {**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "2"}
     with log_path.open("wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=full,
+        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", *args], env=full,
                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
