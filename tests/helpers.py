@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -317,3 +317,23 @@ def keras_bytes(folder: Path) -> bytes:
     path = folder / "m.keras"
     model.save(path)
     return path.read_bytes()
+
+
+def edited_keras_file(model: Any, folder: Path, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """`model` saved as a real `.keras` file whose config.json `edit` changed in place (an
+    upload Keras itself would never write)."""
+    import json
+    import zipfile
+
+    path = folder / "edited.keras"
+    model.save(path)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(buf, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                edit(config)
+                data = json.dumps(config).encode()
+            dst.writestr(info.filename, data)
+    return buf.getvalue()
