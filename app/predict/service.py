@@ -17,8 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+# anyio's threads, as run_in_threadpool used: the pool and limit FastAPI's sync routes share.
+from anyio import to_thread
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from app.core.config import get_settings
 from app.core.db import on_commit, session_scope, upsert
@@ -167,10 +169,10 @@ async def loaded_model(ref: Ref) -> LoadedModel:
     serving = get_serving()
     found = serving.cached(ref)
     if found is None:
-        found = await run_in_threadpool(serving.resolve, ref)
+        found = await to_thread.run_sync(serving.resolve, ref)
     model = serving.cache.peek(cache_key(found.id, found.policy))
     if model is None:
-        model = await run_in_threadpool(serving.load, ref.owner, found)
+        model = await to_thread.run_sync(serving.load, ref.owner, found)
     return model
 
 
