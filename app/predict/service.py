@@ -22,6 +22,7 @@ import numpy as np
 from anyio import to_thread
 from sqlalchemy.orm import Session
 
+from app.auth import audit
 from app.core.config import get_settings
 from app.core.db import on_commit, session_scope, upsert
 from app.core.errors import DomainError, FieldError, invalid
@@ -143,9 +144,10 @@ def serving_settings(session: Session, owner: str, name: str) -> ServingSettings
 
 
 def set_serving_settings(session: Session, owner: str, name: str,
-                         settings: ServingSettings) -> ServingSettings:
+                         settings: ServingSettings, *, actor: str) -> ServingSettings:
     """Takes effect as each API process next resolves the model (the registry's generation
-    moves): versions load again with the new policy; requests in flight finish on the old."""
+    moves): versions load again with the new policy; requests in flight finish on the old.
+    Recorded in the audit log as `actor`'s."""
     registry.versions(session, owner, name)
     try:
         batch_policy(settings)
@@ -154,6 +156,8 @@ def set_serving_settings(session: Session, owner: str, name: str,
                       [FieldError("", str(exc))]) from exc
     upsert(session, ModelServing, {"owner": owner, "name": name, **settings.model_dump(),
                                    "updated_at": utcnow()}, ["owner", "name"])
+    audit.record(session, tenant=owner, actor=actor, action="serving.set",
+                 target=f"model/{name}/serving", **settings.model_dump())
     on_commit(session, get_serving().store.bump_generation)
     return settings
 
