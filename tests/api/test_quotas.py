@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.core.state import fresh
 from tests.helpers import (
     ROOT,
     SEED_SPEC,
     assert_problem,
     make_key,
     npz_bytes,
-    reset_caches,
     stop_process,
     stored_files,
     table_counts,
@@ -88,17 +88,9 @@ def tenant(client: Any) -> Tenant:
 
 
 @pytest.fixture
-def setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], None]]:
-    """Sets a KJ_* setting for this test only (the cached settings are read again)."""
-    from app.core.config import get_settings
-
-    def set_(name: str, value: str) -> None:
-        monkeypatch.setenv(name, value)
-        get_settings.cache_clear()
-
-    yield set_
-    monkeypatch.undo()
-    get_settings.cache_clear()
+def setting(settings_env: Callable[..., None]) -> Callable[[str, str], None]:
+    """Sets a KJ_* setting for this test only (conftest's settings_env)."""
+    return lambda name, value: settings_env(**{name: value})
 
 
 @pytest.fixture(scope="module")
@@ -356,18 +348,17 @@ def two_slot_worker(service_env: dict[str, str], client: Any, tmp_path: Path,
     worker, which runs one, is not what holds a job back); yields its log file."""
     queue = f"kj-test-quota-{secrets.token_hex(4)}"
     monkeypatch.setenv("KJ_QUEUE", queue)
-    reset_caches()
     log_path = tmp_path / "worker.log"
     env = {**os.environ, **service_env, "KJ_QUEUE": queue, "TF_CPP_MIN_LOG_LEVEL": "2"}
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--concurrency", "2"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        yield log_path
+        with fresh():
+            yield log_path
     finally:
         stop_process(proc)
         monkeypatch.undo()
-        reset_caches()
         if proc.returncode not in (0, -15):
             print(log_path.read_text()[-5000:])
 
