@@ -67,7 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from app.core.migrate import upgrade
 
-    settings = get_settings()
+    # The API processes learn the address from the environment (KJ_AUTH=auto is open only on
+    # loopback); with one API process, that is this one, whose state is built again to see it.
+    os.environ["KJ_BIND_HOST"] = args.host
+    settings = rebuild().settings
     settings.ensure_dirs()
     # Before the worker and the API processes start: they all write their metrics there, and
     # /metrics in any API process adds them up.
@@ -95,8 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _auth_at_start(host: str) -> str | None:
-    """Why serving on `host` is refused, or None after saying how requests are let in. The
-    API processes learn the address from KJ_BIND_HOST (KJ_AUTH=auto is open only on loopback)."""
+    """Why serving on `host` is refused, or None after saying how requests are let in."""
     from app.auth.access import is_loopback, refuses_to_start
     from app.auth.keys import key_table
 
@@ -106,10 +108,6 @@ def _auth_at_start(host: str) -> str | None:
     refusal = refuses_to_start(host, keys.any_key)
     if refusal is not None:
         return refusal
-    os.environ["KJ_BIND_HOST"] = host
-    # The API processes read it from the environment; with one, it is this process, whose
-    # state is built again to see it.
-    rebuild()
     mode = get_settings().auth
     if mode == "off":
         log.warning("authentication is off (KJ_AUTH=off): every request is served, as tenant "

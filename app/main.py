@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    # The process's application state (app/core/state.py): built now in an API process of
-    # `serve`; the one installed before where `serve` runs a single API process in its own, or
-    # a test started the app. Handlers read the current state, never a copy kept here.
+    # The process's application state (app/core/state.py), taken here: an API process of
+    # `serve` builds it now; `serve` running its one API process in itself, or a test, installed
+    # it before. Handlers read the current state through the accessors.
     settings = current().settings
     serving = get_serving()
     settings.ensure_dirs()
