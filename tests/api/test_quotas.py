@@ -5,11 +5,8 @@ Each test has a tenant of its own, so no quota of one test touches another."""
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,11 +18,11 @@ import pytest
 
 from app.core.state import fresh
 from tests.helpers import (
-    ROOT,
     SEED_SPEC,
     assert_problem,
     make_key,
     npz_bytes,
+    start_worker,
     stop_process,
     stored_files,
     table_counts,
@@ -349,10 +346,8 @@ def two_slot_worker(service_env: dict[str, str], client: Any, tmp_path: Path,
     queue = f"kj-test-quota-{secrets.token_hex(4)}"
     monkeypatch.setenv("KJ_QUEUE", queue)
     log_path = tmp_path / "worker.log"
-    env = {**os.environ, **service_env, "KJ_QUEUE": queue, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--concurrency", "2"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = start_worker({**service_env, "KJ_QUEUE": queue, "KJ_TENANT_BUSY_RETRY_S": "1"},
+                        log_path, "--concurrency", "2")
     try:
         with fresh():
             yield log_path
@@ -393,7 +388,7 @@ def test_past_the_running_jobs_quota_the_next_job_waits_queued_then_runs(
     assert tenant.post(f"/v1/jobs/{long_job['id']}:cancel").status_code == 202
     done = wait_for_job(tenant, long_job["id"], timeout=60)
     assert done["status"] == "cancelled" and running["started_at"]
-    # Its message comes back (every 10 s) and finds the slot free.
+    # Its message comes back (every second here) and finds the slot free.
     short = wait_for_job(tenant, short_job["id"], timeout=120)
     assert short["status"] == "succeeded", short
     assert short["started_at"] >= done["finished_at"]
