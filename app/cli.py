@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from app.core.config import get_settings
 from app.core.logs import configure_logging, uvicorn_log_config
 from app.core.metrics_dir import remove_dir, use_fresh_dir
+from app.core.state import rebuild
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -66,7 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from app.core.migrate import upgrade
 
-    settings = get_settings()
+    # The API processes learn the address from the environment (KJ_AUTH=auto is open only on
+    # loopback); with one API process, that is this one, whose state is built again to see it.
+    os.environ["KJ_BIND_HOST"] = args.host
+    settings = rebuild().settings
     settings.ensure_dirs()
     # Before the worker and the API processes start: they all write their metrics there, and
     # /metrics in any API process adds them up.
@@ -94,23 +98,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _auth_at_start(host: str) -> str | None:
-    """Why serving on `host` is refused, or None after saying how requests are let in. The
-    API processes learn the address from KJ_BIND_HOST (KJ_AUTH=auto is open only on loopback)."""
+    """Why serving on `host` is refused, or None after saying how requests are let in."""
     from app.auth.access import is_loopback, refuses_to_start
-    from app.auth.keys import KEYS, key_hash
+    from app.auth.keys import key_table
 
-    KEYS.load()
-    key_hash("")  # the home's pepper is made (or its absence warned about) now, not mid-request
-    refusal = refuses_to_start(host, KEYS.any_key)
+    keys = key_table()
+    keys.load()
+    keys.pepper()  # the home's pepper is made (or its absence warned about) now, not mid-request
+    refusal = refuses_to_start(host, keys.any_key)
     if refusal is not None:
         return refusal
-    os.environ["KJ_BIND_HOST"] = host
-    get_settings.cache_clear()
     mode = get_settings().auth
     if mode == "off":
         log.warning("authentication is off (KJ_AUTH=off): every request is served, as tenant "
                     "'local'")
-    elif mode == "auto" and is_loopback(host) and not KEYS.any_key:
+    elif mode == "auto" and is_loopback(host) and not keys.any_key:
         log.info("authentication: open on %s while no API key exists (KJ_AUTH=auto); the first "
                  "`keras-jobs keys create` turns keys on", host)
     else:
@@ -243,6 +245,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if port:  # before the pool forks: every child writes its metrics into this folder
         os.environ["KJ_WORKER_METRICS_PORT"] = str(port)
         metrics_dir = use_fresh_dir(settings.home, "worker")
+    # The worker's own state, built before Celery starts; the pool's children inherit it.
+    rebuild()
     from worker.celery_app import app
 
     if metrics_dir is not None:

@@ -26,6 +26,7 @@ from app.core.config import get_settings
 from app.core.db import probe
 from app.core.migrate import upgrade
 from app.core.redact import redact, secrets_in_urls
+from app.core.state import current
 from app.core.storage import get_store
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
@@ -42,7 +43,11 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    settings = get_settings()
+    # The process's application state (app/core/state.py), taken here: an API process of
+    # `serve` builds it now; `serve` running its one API process in itself, or a test, installed
+    # it before. Handlers read the current state through the accessors.
+    settings = current().settings
+    serving = get_serving()
     settings.ensure_dirs()
     if settings.migrate_on_start:  # off where `keras-jobs migrate` runs first (compose)
         await run_in_threadpool(upgrade, settings.resolved_database_url)
@@ -57,7 +62,7 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     preload = asyncio.create_task(start_preload())
     yield
     preload.cancel()
-    get_serving().cache.clear()
+    serving.cache.clear()
 
 
 # Checking a large spec is seconds of pure-Python work on a request thread. CPython lets a

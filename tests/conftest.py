@@ -7,15 +7,16 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from app.core.state import fresh
 from tests.helpers import (
     make_key,
-    reset_caches,
     start_worker,
     stop_process,
     stored_files,
@@ -63,14 +64,13 @@ def service_env(pg_database: str,
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    reset_caches()
-    yield env
+    with fresh():  # the session's application state; the one before it comes back after
+        yield env
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    reset_caches()
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +99,23 @@ def worker(service_env: dict[str, str], client: Any,
     stop_process(proc)
     if proc.returncode not in (0, -15):
         print(log_path.read_text()[-5000:])
+
+
+@pytest.fixture
+def settings_env(service_env: dict[str, str],
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """`settings_env(KJ_NAME=value, ...)` sets KJ_* variables for this test and installs a
+    fresh application state that reads them (the session's app serves from it too); after
+    the test, the state before it (with its loaded models) is current again."""
+    with ExitStack() as states:
+
+        def set_(**env: object) -> None:
+            for name, value in env.items():
+                monkeypatch.setenv(name, str(value))
+            states.enter_context(fresh())
+
+        yield set_
+    monkeypatch.undo()
 
 
 @pytest.fixture

@@ -19,17 +19,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def reset_caches() -> None:
-    """Settings and everything built from them are cached per process."""
-    from app.core import broker, config, db, storage
-    from app.predict import service as predict
-
-    for fn in (config.get_settings, db.get_engine, db.get_sessionmaker, broker.get_celery,
-               storage.get_store,
-               predict.get_serving):
-        fn.cache_clear()
-
-
 def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
     """`keras-jobs worker ARGS` under ENV (over this process's environment), output to log_path."""
     full = {**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "2"}

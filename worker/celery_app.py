@@ -21,6 +21,8 @@ from celery.signals import worker_process_init, worker_ready, worker_shutting_do
 
 from app.core.broker import get_celery
 
+# The Celery app of the worker's application state (`keras-jobs worker` builds that state
+# before importing this module; the pool's children inherit it by fork).
 app = get_celery()
 # worker.observe: job ids for the logs and job durations for the metrics (task signals).
 app.conf.include = ["worker.tasks", "worker.observe"]

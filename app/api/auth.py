@@ -20,7 +20,7 @@ from app.api.deps import CALLER_STATE, OPEN_CALLER, Caller
 from app.api.route_access import CONTROL, access_of, found_route
 from app.auth import ratelimit
 from app.auth.access import Access, open_without_keys
-from app.auth.keys import KEYS, touch, unauthorized
+from app.auth.keys import key_table, touch, unauthorized
 from app.core.config import get_settings
 from app.core.errors import DomainError, FieldError, bad_request
 
@@ -43,9 +43,10 @@ async def authenticate(method: str, path: str, access: Access, authorization: st
     settings = get_settings()
     if settings.auth == "off":
         return OPEN_CALLER
-    if KEYS.stale():
-        await run_in_threadpool(KEYS.load)
-    if not KEYS.any_key and open_without_keys(server[0] if server else None):
+    keys = key_table()
+    if keys.stale():
+        await run_in_threadpool(keys.load)
+    if not keys.any_key and open_without_keys(server[0] if server else None):
         return OPEN_CALLER
     if not authorization:
         raise unauthorized("An API key is required: send `Authorization: Bearer <key>`. An "
@@ -54,7 +55,7 @@ async def authenticate(method: str, path: str, access: Access, authorization: st
     scheme, _, raw = authorization.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
         raise unauthorized("Send the API key as `Authorization: Bearer <key>`.")
-    info = KEYS.check(raw.strip())
+    info = keys.check(raw.strip())
     if not access.allows(info.scopes):
         raise DomainError(403, "Forbidden", f"The key '{info.name}' has the scopes "
                           f"{', '.join(sorted(info.scopes))}; {method} {path} needs "
@@ -65,7 +66,7 @@ async def authenticate(method: str, path: str, access: Access, authorization: st
         limit = (settings.rate_limit_predict_per_min if kind == "predict"
                  else settings.rate_limit_writes_per_min)
         ratelimit.hit(info.id, kind, limit)
-    if KEYS.due_touch(info.id):
+    if keys.due_touch(info.id):
         await run_in_threadpool(touch, info.id)
     return Caller(owner=info.tenant, key_id=info.id, key_name=info.name, scopes=info.scopes)
 

@@ -17,15 +17,17 @@ from prometheus_client.metrics_core import Metric
 from sqlalchemy import func, select, text
 
 from app.auth.access import OPERATOR_READ, requires
-from app.core.broker import PRIORITY_STEPS, REDIS_PRIORITY_SEP
+from app.core.broker import priority_keys
 from app.core.config import get_settings
 from app.core.db import get_engine
 from app.core.metrics import exposition
+from app.core.redis_clients import SCRAPE_S, get_redis
 from app.tables import Job, JobStatus
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
-# A scrape waits at most this long for the broker, and for the database's answer.
+# A scrape waits at most this long for the database's answer, and for the broker's
+# (app.core.redis_clients.SCRAPE_S for Redis).
 QUERY_TIMEOUT_S = 2.0
 
 
@@ -76,29 +78,23 @@ def queue_depth() -> int | None:
     """Messages waiting in the job queue: LLEN of each of the queue's priority lists (Redis),
     or the visible rows of the embedded SQLAlchemy broker's message table."""
     settings = get_settings()
-    url = settings.resolved_broker_url
+    redis = get_redis()
     try:
-        if url.startswith(("redis://", "rediss://")):
-            return _redis_depth(url, settings.queue)
-        if url.startswith("sqla+"):
-            return _sqla_depth(url.removeprefix("sqla+"), settings.queue)
+        if redis is not None:
+            return _redis_depth(redis.client(SCRAPE_S), settings.queue)
+        if settings.embedded_broker:
+            return _sqla_depth(settings.resolved_broker_url.removeprefix("sqla+"),
+                               settings.queue)
     except Exception as exc:  # noqa: BLE001 - see the module's doc
         log.warning("metrics: queue depth left out: %s", exc)
     return None
 
 
-def _redis_depth(url: str, queue: str) -> int:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=QUERY_TIMEOUT_S,
-                                  socket_connect_timeout=QUERY_TIMEOUT_S)
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            for step in PRIORITY_STEPS:
-                pipe.llen(queue if step == 0 else f"{queue}{REDIS_PRIORITY_SEP}{step}")
-            return sum(int(n) for n in pipe.execute())
-    finally:
-        client.close()
+def _redis_depth(client: Any, queue: str) -> int:
+    with client.pipeline(transaction=False) as pipe:
+        for key in priority_keys(queue):
+            pipe.llen(key)
+        return sum(int(n) for n in pipe.execute())
 
 
 def _sqla_depth(url: str, queue: str) -> int:

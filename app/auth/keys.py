@@ -24,10 +24,11 @@ from sqlalchemy.orm import Session
 
 from app.auth import audit
 from app.auth.access import SCOPES
-from app.core.config import get_settings
 from app.core.db import on_commit, session_scope
 from app.core.errors import DomainError, FieldError, conflict, invalid, not_found
-from app.core.storage import get_store
+from app.core.settings import Settings
+from app.core.state import Part, current
+from app.core.storage import STORE, ArtifactStore
 from app.tables import ApiKey
 from app.tables.base import utcnow
 
@@ -48,18 +49,6 @@ BUILT_IN_PEPPER = "keras-jobs api key v1"
 # Where a pepper generated on first start is kept, in the home every process shares.
 PEPPER_FILE = "key-pepper"
 log = logging.getLogger("keras_jobs")
-_home_peppers: dict[Path, bytes] = {}
-
-
-def _pepper() -> bytes:
-    """KJ_KEY_PEPPER if set; else the home's pepper file (made on first use)."""
-    settings = get_settings()
-    if settings.key_pepper:
-        return settings.key_pepper.encode()
-    pepper = _home_peppers.get(settings.home)
-    if pepper is None:
-        pepper = _home_peppers[settings.home] = _home_pepper(settings.home)
-    return pepper
 
 
 def _home_pepper(home: Path) -> bytes:
@@ -89,7 +78,7 @@ def _home_pepper(home: Path) -> bytes:
 
 
 def key_hash(raw: str) -> str:
-    return hmac.new(_pepper(), raw.encode(), hashlib.sha256).hexdigest()
+    return key_table().hash(raw)
 
 
 def check_name(name: str, pointer: str = "/name") -> None:
@@ -165,8 +154,9 @@ def revoke(session: Session, name: str, *, actor: str) -> ApiKey:
 
 
 def _changed() -> None:
-    get_store().bump_generation(GENERATION)
-    KEYS.invalidate()
+    table = key_table()
+    table.store.bump_generation(GENERATION)
+    table.invalidate()
 
 
 @dataclass(frozen=True)
@@ -189,9 +179,12 @@ def unauthorized(detail: str, error: str | None = "invalid_token") -> DomainErro
 class KeyTable:
     """Every key, in memory: a request is checked with no database query. Reloaded when the
     store's "keys" generation changes or RELOAD_S has passed (`stale()` says when; `load()`
-    queries, so async callers run it on a thread)."""
+    queries, so async callers run it on a thread). Holds the pepper keys are hashed with."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings, store: ArtifactStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._pepper: bytes | None = None
         self._keys: dict[str, KeyInfo] = {}
         self._any = False
         self._generation: tuple[int, int] | None = None
@@ -200,15 +193,25 @@ class KeyTable:
         self._verified: dict[str, KeyInfo] = {}
         self._lock = threading.Lock()
 
+    def pepper(self) -> bytes:
+        """KJ_KEY_PEPPER if set; else the home's pepper file (made on first use)."""
+        if self._pepper is None:
+            self._pepper = (self.settings.key_pepper.encode() if self.settings.key_pepper
+                            else _home_pepper(self.settings.home))
+        return self._pepper
+
+    def hash(self, raw: str) -> str:
+        return hmac.new(self.pepper(), raw.encode(), hashlib.sha256).hexdigest()
+
     def invalidate(self) -> None:
         self._generation = None
 
     def stale(self) -> bool:
-        return (self._generation != get_store().generation(GENERATION)
+        return (self._generation != self.store.generation(GENERATION)
                 or time.monotonic() - self._loaded_at > RELOAD_S)
 
     def load(self) -> None:
-        generation = get_store().generation(GENERATION)
+        generation = self.store.generation(GENERATION)
         with session_scope() as s:
             rows = list(s.scalars(select(ApiKey)))
         keys = {r.id: KeyInfo(r.id, r.name, r.tenant, frozenset(r.scopes), r.hash,
@@ -241,7 +244,7 @@ class KeyTable:
         the next reload) so the next request with it skips the HMAC."""
         match = KEY_PATTERN.fullmatch(raw)
         info = self._keys.get(match[1]) if match else None
-        if info is None or not hmac.compare_digest(info.hash, key_hash(raw)):
+        if info is None or not hmac.compare_digest(info.hash, self.hash(raw)):
             raise unauthorized("The API key is not valid. Send `Authorization: Bearer <key>` "
                                "with a key made by `keras-jobs keys create` or POST /v1/keys.")
         if len(self._verified) < MAX_VERIFIED:
@@ -262,4 +265,10 @@ def touch(key_id: str) -> None:
         s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
 
 
-KEYS = KeyTable()
+KEY_TABLE: Part[KeyTable] = Part(
+    "key table", lambda state: KeyTable(state.settings, state.get(STORE)))
+
+
+def key_table() -> KeyTable:
+    """The current state's keys (each API process keeps its own, reloaded as above)."""
+    return current().get(KEY_TABLE)

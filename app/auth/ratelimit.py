@@ -15,16 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from functools import lru_cache
 from typing import Any
 
-from app.core.config import get_settings
 from app.core.errors import DomainError
+from app.core.redis_clients import ON_REQUEST_PATH_S, REDIS
+from app.core.state import AppState, Part, current
 
 log = logging.getLogger(__name__)
 WINDOW_S = 60
-# A Redis that does not answer this fast does not hold up the request: it is let through.
-REDIS_TIMEOUT_S = 0.25
 
 
 class LocalCounter:
@@ -42,20 +40,6 @@ class LocalCounter:
                 return False, count
             self._counts[(key, window)] = count + 1
             return True, count + 1
-
-
-@lru_cache
-def _redis() -> Any | None:
-    url = get_settings().broker_url
-    if not url.startswith(("redis://", "rediss://")):
-        return None
-    import redis
-
-    return redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
-                                socket_connect_timeout=REDIS_TIMEOUT_S)
-
-
-_local = LocalCounter()
 
 
 LEASE_FRACTION = 100
@@ -104,9 +88,6 @@ class Leases:
             self._left[key] = (window, left)
 
 
-_leases = Leases()
-
-
 def _refused(kind: str, count: int, limit: int, window: int, now: float) -> DomainError:
     retry = max(1, int((window + 1) * WINDOW_S - now) + 1)
     return DomainError(429, "Rate limit exceeded",
@@ -116,32 +97,61 @@ def _refused(kind: str, count: int, limit: int, window: int, now: float) -> Doma
                        headers={"Retry-After": str(retry)})
 
 
+class RateLimiter:
+    """The counts of one state: in its Redis (a client that does not wait on the request's
+    path) with this process's leases, or in this process alone."""
+
+    def __init__(self, client: Any | None) -> None:
+        self.client = client
+        self.local = LocalCounter()
+        self.leases = Leases()
+
+    def hit(self, key_id: str, kind: str, limit_per_min: int) -> None:
+        """Count one request of `kind` by key `key_id`; 429 with Retry-After past the limit."""
+        if limit_per_min <= 0:
+            return
+        now = time.time()
+        window = int(now // WINDOW_S)
+        key = f"{kind}:{key_id}"
+        if self.client is None:
+            allowed, count = self.local.take(key, window, limit_per_min)
+            if not allowed:
+                raise _refused(kind, count, limit_per_min, window, now)
+            return
+        if self.leases.take(key, window):
+            return
+        used = self.leases.full(key, window)
+        if used is not None:
+            raise _refused(kind, used, limit_per_min, window, now)
+        self._lease(key, kind, window, limit_per_min, now)
+
+    def _lease(self, key: str, kind: str, window: int, limit_per_min: int, now: float) -> None:
+        assert self.client is not None
+        size = max(1, min(LEASE_MAX, limit_per_min // LEASE_FRACTION))
+        try:
+            used, granted = (int(v) for v in self.client.eval(
+                LEASE_SCRIPT, 1, f"kj:rate:{key}:{window}", size, limit_per_min, WINDOW_S * 2))
+        except Exception as exc:  # noqa: BLE001 - a limit is not worth failing requests over
+            log.warning("rate limit not counted (Redis: %s: %s)", type(exc).__name__, exc)
+            return
+        if granted <= 0:
+            self.leases.mark_full(key, window, used)
+            raise _refused(kind, used, limit_per_min, window, now)
+        self.leases.put(key, window, granted - 1)  # this request takes one
+
+
+def _limiter(state: AppState) -> RateLimiter:
+    redis = state.get(REDIS)
+    return RateLimiter(redis.client(ON_REQUEST_PATH_S) if redis is not None else None)
+
+
+RATE_LIMITER: Part[RateLimiter] = Part("rate limiter", _limiter)
+
+
+def limiter() -> RateLimiter:
+    return current().get(RATE_LIMITER)
+
+
 def hit(key_id: str, kind: str, limit_per_min: int) -> None:
-    """Count one request of `kind` by key `key_id`; 429 with Retry-After past the limit."""
-    if limit_per_min <= 0:
-        return
-    now = time.time()
-    window = int(now // WINDOW_S)
-    key = f"{kind}:{key_id}"
-    client = _redis()
-    if client is None:
-        allowed, count = _local.take(key, window, limit_per_min)
-        if not allowed:
-            raise _refused(kind, count, limit_per_min, window, now)
-        return
-    if _leases.take(key, window):
-        return
-    used = _leases.full(key, window)
-    if used is not None:
-        raise _refused(kind, used, limit_per_min, window, now)
-    size = max(1, min(LEASE_MAX, limit_per_min // LEASE_FRACTION))
-    try:
-        used, granted = (int(v) for v in client.eval(
-            LEASE_SCRIPT, 1, f"kj:rate:{key}:{window}", size, limit_per_min, WINDOW_S * 2))
-    except Exception as exc:  # noqa: BLE001 - a limit is not worth failing requests over
-        log.warning("rate limit not counted (Redis: %s: %s)", type(exc).__name__, exc)
-        return
-    if granted <= 0:
-        _leases.mark_full(key, window, used)
-        raise _refused(kind, used, limit_per_min, window, now)
-    _leases.put(key, window, granted - 1)  # this request takes one
+    """Count one request of `kind` by key `key_id` (RateLimiter.hit)."""
+    limiter().hit(key_id, kind, limit_per_min)

@@ -11,12 +11,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 
 from app.core.config import Settings, get_settings
+from app.core.redis_clients import SWEEP_S, broker_redis_url, get_redis
+from app.core.state import AppState, Part, current
 
 RUN_JOB_TASK = "keras_jobs.run_job"
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ REDIS_PRIORITY_SEP = "\x06\x16"
 def celery_config(settings: Settings) -> dict[str, Any]:
     # Redis redelivers an unacked message after visibility_timeout; it must outlast the longest
     # job. (The embedded SQLAlchemy transport hands its options to create_engine instead.)
-    transport = ({} if settings.embedded_broker
+    transport = ({} if broker_redis_url(settings) is None
                  else {"visibility_timeout": settings.visibility_timeout_s,
                        "priority_steps": PRIORITY_STEPS,
                        # Across several queues, the highest priority first (one queue here).
@@ -71,11 +72,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-@lru_cache
-def get_celery() -> Celery:
+def _celery(state: AppState) -> Celery:
     app = Celery("keras_jobs")
-    app.conf.update(celery_config(get_settings()))
+    app.conf.update(celery_config(state.settings))
     return app
+
+
+CELERY: Part[Celery] = Part("Celery app", _celery, close=Celery.close)
+
+
+def get_celery() -> Celery:
+    """The current state's Celery app (the worker's is worker.celery_app.app)."""
+    return current().get(CELERY)
+
+
+def priority_keys(queue: str) -> list[str]:
+    """kombu's Redis lists of `queue`, one per priority step, in PRIORITY_STEPS order."""
+    return [queue if step == 0 else f"{queue}{REDIS_PRIORITY_SEP}{step}"
+            for step in PRIORITY_STEPS]
 
 
 def task_id(job_id: str, dispatch: int) -> str:
@@ -112,11 +126,12 @@ def waiting_messages(taken_within_s: float = 24 * 3600) -> WaitingMessages | Non
     caller falls back to backing off). Messages taken longer ago than `taken_within_s` may be
     left out of `held`."""
     settings = get_settings()
-    url = settings.resolved_broker_url
-    if url.startswith(("redis://", "rediss://")):
-        return _redis_messages(url, settings.queue)
-    if url.startswith("sqla+"):
-        return _sqla_messages(url.removeprefix("sqla+"), settings.queue, taken_within_s)
+    redis = get_redis()
+    if redis is not None:
+        return _redis_messages(redis.client(SWEEP_S), settings.queue)
+    if settings.embedded_broker:
+        return _sqla_messages(settings.resolved_broker_url.removeprefix("sqla+"),
+                              settings.queue, taken_within_s)
     return None
 
 
@@ -135,25 +150,17 @@ def job_of(message: dict[str, Any]) -> str | None:
         return None
 
 
-def _redis_messages(url: str, queue: str) -> WaitingMessages:
+def _redis_messages(client: Any, queue: str) -> WaitingMessages:
     """kombu's Redis layout: a list per priority step, and the messages taken but not acked in
     the hash `unacked` ([message, exchange, routing key]) with the time taken in the sorted
     set `unacked_index` (both shared by every queue of the database)."""
-    import redis
-
     found = WaitingMessages()
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        keys = [queue if step == 0 else f"{queue}{REDIS_PRIORITY_SEP}{step}"
-                for step in PRIORITY_STEPS]
-        with client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.lrange(key, 0, -1)
-            pipe.hgetall("unacked")
-            pipe.zrange("unacked_index", 0, -1, withscores=True)
-            *lists, unacked, index = pipe.execute()
-    finally:
-        client.close()
+    with client.pipeline(transaction=False) as pipe:
+        for key in priority_keys(queue):
+            pipe.lrange(key, 0, -1)
+        pipe.hgetall("unacked")
+        pipe.zrange("unacked_index", 0, -1, withscores=True)
+        *lists, unacked, index = pipe.execute()
     for step, items in zip(PRIORITY_STEPS, lists, strict=True):
         for raw in items:
             job_id = _job_of_raw(raw)

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from functools import lru_cache
 from typing import Any, TypeVar
 
 import sqlalchemy.exc
@@ -22,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings, get_settings
 from app.core.errors import not_found
+from app.core.state import AppState, Part, current
 
 RowT = TypeVar("RowT")
 T = TypeVar("T")
@@ -48,11 +48,12 @@ def waits_at_most(seconds: float) -> Iterator[None]:
         _wait_bound.reset(token)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine whose every wait is bounded (KJ_DB_*_TIMEOUT_S): connecting, a statement, a
-    free pool slot, and on PostgreSQL any answer from the server, so a sick database costs a
-    request a few seconds and a 503, never a thread that hangs."""
-    settings = get_settings()
+def make_engine(url: str, settings: Settings | None = None) -> Engine:
+    """An engine whose every wait is bounded (KJ_DB_*_TIMEOUT_S of `settings`, else the
+    current ones): connecting, a statement, a free pool slot, and on PostgreSQL any answer from
+    the server, so a sick database costs a request a few seconds and a 503, never a thread
+    that hangs."""
+    settings = settings or get_settings()
     if url.startswith("sqlite"):
         return _sqlite_engine(url, settings)
     return _postgres_engine(url, settings)
@@ -210,14 +211,25 @@ def database_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError)
 
 
-@lru_cache
+ENGINE: Part[Engine] = Part(
+    "database engine", lambda state: make_engine(state.settings.resolved_database_url,
+                                                 state.settings), close=Engine.dispose)
+
+
+def _sessionmaker(state: AppState) -> sessionmaker[Session]:
+    return sessionmaker(bind=state.get(ENGINE), expire_on_commit=False)
+
+
+SESSIONMAKER: Part[sessionmaker[Session]] = Part("session factory", _sessionmaker)
+
+
 def get_engine() -> Engine:
-    return make_engine(get_settings().resolved_database_url)
+    """The current state's engine (one per process, unless a test installs another)."""
+    return current().get(ENGINE)
 
 
-@lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+    return current().get(SESSIONMAKER)
 
 
 def paginate(session: Session, query: Select[Any], order_by: tuple[Any, ...], limit: int,

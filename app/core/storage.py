@@ -11,8 +11,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+
+from app.core.state import AppState, Part, current
 
 # The layout of a model version's folder: everything a version holds is named here.
 MODEL_FILE = "model.keras"
@@ -188,11 +189,16 @@ def _newest_mtime(path: Path) -> float:
     return newest
 
 
-@lru_cache
-def get_store() -> ArtifactStore:
-    """The process's store (cached: predict resolves artifact paths on its hot path)."""
-    from app.core.config import get_settings
-
-    root = get_settings().resolved_artifact_root
+def _store(state: AppState) -> ArtifactStore:
+    root = state.settings.resolved_artifact_root
     root.mkdir(parents=True, exist_ok=True)
     return ArtifactStore(root)
+
+
+STORE: Part[ArtifactStore] = Part("artifact store", _store)
+
+
+def get_store() -> ArtifactStore:
+    """The current state's store (one object: predict resolves artifact paths on its hot
+    path, and the store keeps the generation files' paths)."""
+    return current().get(STORE)

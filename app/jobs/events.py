@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import select
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session
 from app.core.config import get_settings
 from app.core.db import on_commit, session_scope
 from app.core.errors import FieldError, bad_request
+from app.core.redis_clients import WAKE_UP_S, get_redis
 from app.tables import Job, JobEvent
 
 log = logging.getLogger(__name__)
@@ -76,25 +76,14 @@ def channel(job_id: str) -> str:
     return f"{get_settings().queue}:job-events:{job_id}"
 
 
-@lru_cache
-def _redis() -> Any:
-    import redis
-
-    return redis.Redis.from_url(get_settings().resolved_broker_url, socket_timeout=2,
-                                socket_connect_timeout=2)
-
-
-def uses_pubsub() -> bool:
-    return get_settings().resolved_broker_url.startswith(("redis://", "rediss://"))
-
-
 def announce(job_id: str) -> None:
     """Wake the streams following this job (Redis only); losing a wake-up only delays them
     to their next poll, so a failure here is logged, never raised."""
-    if not uses_pubsub():
+    redis = get_redis()
+    if redis is None:
         return
     try:
-        _redis().publish(channel(job_id), b"1")
+        redis.client(WAKE_UP_S).publish(channel(job_id), b"1")
     except Exception as exc:  # noqa: BLE001 - the event is in the database either way
         log.debug("could not announce an event of %s: %s", job_id, exc)
 
@@ -123,7 +112,7 @@ async def follow(job_id: str, after: int, disconnected: Callable[[], Awaitable[b
     """The job's events after `after` as Server-Sent Events, then live ones until the job has
     ended; `: keep-alive` comments while nothing happens. Redis pub/sub wakes the stream when
     there is something new; without it (embedded default) the table is polled."""
-    subscription = await _subscribe(job_id) if uses_pubsub() else None
+    subscription = await _subscribe(job_id)
     wait_s = 5.0 if subscription is not None else poll_s  # pub/sub wakes us; poll as backstop
     quiet_since = time.monotonic()
     try:
@@ -156,12 +145,11 @@ def _ended(job_id: str) -> bool:
 
 
 async def _subscribe(job_id: str) -> Any:
-    import redis.asyncio as aioredis
-
+    redis = get_redis()
+    if redis is None:
+        return None
     try:
-        client = aioredis.Redis.from_url(get_settings().resolved_broker_url,
-                                         socket_connect_timeout=2)
-        pubsub = client.pubsub()
+        pubsub = redis.subscriber().pubsub()
         await pubsub.subscribe(channel(job_id))
         return pubsub
     except Exception as exc:  # noqa: BLE001 - fall back to polling the table

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,8 @@ from app.auth import audit
 from app.core.config import get_settings
 from app.core.db import on_commit, session_scope, upsert
 from app.core.errors import DomainError, FieldError, invalid
-from app.core.storage import ArtifactStore, get_store
+from app.core.state import AppState, Part, current
+from app.core.storage import STORE, ArtifactStore
 from app.predict.batcher import BatcherClosed, BatchPolicy, Overloaded
 from app.predict.cache import LoadedModel, ModelCache, cache_key
 from app.predict.rows import too_many_rows
@@ -162,10 +162,17 @@ def set_serving_settings(session: Session, owner: str, name: str,
     return settings
 
 
-@lru_cache
+def _serving(state: AppState) -> Serving:
+    s = state.settings
+    return Serving(state.get(STORE), ModelCache(s.model_cache_size, s.model_cache_bytes))
+
+
+SERVING: Part[Serving] = Part("serving", _serving, close=lambda serving: serving.cache.clear())
+
+
 def get_serving() -> Serving:
-    s = get_settings()
-    return Serving(get_store(), ModelCache(s.model_cache_size, s.model_cache_bytes))
+    """The current state's serving: its loaded models and whether start-up has loaded them."""
+    return current().get(SERVING)
 
 
 async def loaded_model(ref: Ref) -> LoadedModel:

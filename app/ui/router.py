@@ -10,7 +10,6 @@ CDN and is blank on an offline host.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -41,15 +40,18 @@ HEAD = {"job": f'<link rel="stylesheet" href="{UPLOT}/uPlot.min.css">\n'
                f'<script src="{UPLOT}/uPlot.iife.min.js"></script>'}
 
 
-@lru_cache
-def _render(name: str) -> str:
-    layout = (PAGES / "layout.html").read_text()
+def _render(layout: str, name: str) -> str:
     return layout.replace("{title}", TITLES[name]).replace("{page}", name).replace(
         "{head}", HEAD.get(name, ""))
 
 
+# The pages change only with the package: rendered once, when this module is imported.
+_LAYOUT = (PAGES / "layout.html").read_text()
+HTML = {name: _render(_LAYOUT, name) for name in TITLES}
+
+
 def _page(name: str) -> HTMLResponse:
-    return HTMLResponse(_render(name), headers={"Cache-Control": OWN_CACHE})
+    return HTMLResponse(HTML[name], headers={"Cache-Control": OWN_CACHE})
 
 
 @router.get("/")

@@ -417,7 +417,7 @@ def expired_key(world: World) -> str:
     """A key whose expiry is put in the past in the database (as time passing would)."""
     from sqlalchemy import update
 
-    from app.auth.keys import KEYS
+    from app.auth.keys import key_table
     from app.core.db import session_scope
     from app.tables import ApiKey
     from app.tables.base import utcnow
@@ -426,7 +426,7 @@ def expired_key(world: World) -> str:
     with session_scope() as s:
         s.execute(update(ApiKey).where(ApiKey.name == f"{world.a}-expired")
                   .values(expires_at=utcnow() - timedelta(seconds=1)))
-    KEYS.invalidate()  # a direct write: the in-process key table does not know of it
+    key_table().invalidate()  # a direct write: the in-process key table does not know of it
     return raw
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from app.core.state import fresh
 from tests.helpers import (
     SEED_SPEC,
     auth_headers,
-    reset_caches,
     two_classes,
     upload,
     wait_for_job,
@@ -30,9 +30,8 @@ def test_submit_with_broker_down_runs_once_it_is_back(client: Any, worker: Any,
     dataset = upload(client, "broker-down", x=x, y=y)
     spec = client.post("/v1/specs", json=SEED_SPEC).json()
     monkeypatch.setenv("KJ_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
-    reset_caches()
     try:
-        with TestClient(create_app(), headers=auth_headers()) as dead:
+        with fresh(), TestClient(create_app(), headers=auth_headers()) as dead:
             r = dead.post("/v1/jobs", json={"type": "fit", "spec_id": spec["id"],
                                             "dataset_id": dataset["id"], "epochs": 2})
             assert r.status_code == 202, r.text
@@ -44,7 +43,6 @@ def test_submit_with_broker_down_runs_once_it_is_back(client: Any, worker: Any,
             assert ready.json()["checks"]["database"] == "ok"
     finally:
         monkeypatch.undo()
-        reset_caches()
     # The broker is back (the test's Redis): the worker's sweep sends the message (the failed
     # send left dispatched_at NULL: no message exists), and the job runs.
     done = wait_for_job(client, job["id"], timeout=120)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from app.core.state import fresh
 from tests.helpers import (
     SEED_SPEC,
     assert_problem,
@@ -32,15 +33,6 @@ from tests.helpers import (
 
 TIMEOUT_S = 2  # each of the three database timeouts, in this test
 STUCK = 50  # concurrent requests while frozen: more than the 40 threads of the pool
-
-
-def reset_database_caches() -> None:
-    """The settings and the engine built from them are cached per process. (Not the rest of
-    tests.helpers.reset_caches: the session's app keeps its broker, store and serving state.)"""
-    from app.core import config, db
-
-    for fn in (config.get_settings, db.get_engine, db.get_sessionmaker):
-        fn.cache_clear()
 
 
 class Proxy:
@@ -158,16 +150,24 @@ def default_server(client: Any, pg_database: str,
 
 
 def _serve(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    import uvicorn
-
-    from app.core.db import get_engine
-    from app.main import create_app
-
     url = make_url(pg_database)
     proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
     proxied = url.set(host="127.0.0.1", port=proxy.port)
     monkeypatch.setenv("KJ_DATABASE_URL", proxied.render_as_string(hide_password=False))
-    reset_database_caches()
+    try:
+        with fresh():
+            yield from _run(proxy)
+    finally:
+        proxy.close()
+        monkeypatch.undo()
+
+
+def _run(proxy: Proxy) -> Iterator[Server]:
+    """A uvicorn server of the current state, in a thread of this process."""
+    import uvicorn
+
+    from app.main import create_app
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -185,10 +185,6 @@ def _serve(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server
         proxy.forward()
         uv.should_exit = True
         thread.join(30)
-        get_engine().dispose()
-        proxy.close()
-        monkeypatch.undo()
-        reset_database_caches()
 
 
 def local_port(r: httpx.Response) -> int:
@@ -321,18 +317,15 @@ async def _storm(url: str) -> tuple[list[tuple[httpx.Response, float]],
         return await asyncio.gather(*tasks), health, pending
 
 
-def test_statements_are_cancelled_by_the_server(pg_database: str,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_statements_are_cancelled_by_the_server(pg_database: str) -> None:
     """statement_timeout reaches the server, and its cancellation counts as unavailable."""
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
 
-    from app.core.config import get_settings
     from app.core.db import database_unavailable, make_engine
+    from app.core.settings import Settings
 
-    monkeypatch.setenv("KJ_DB_STATEMENT_TIMEOUT_S", "0.3")
-    get_settings.cache_clear()
-    engine = make_engine(pg_database)
+    engine = make_engine(pg_database, Settings(db_statement_timeout_s=0.3))
     try:
         with engine.connect() as conn:
             assert conn.scalar(text("SHOW statement_timeout")) == "300ms"
@@ -343,8 +336,6 @@ def test_statements_are_cancelled_by_the_server(pg_database: str,
         assert database_unavailable(caught.value)
     finally:
         engine.dispose()
-        monkeypatch.undo()
-        get_settings.cache_clear()
 
 
 @pytest.mark.slow
@@ -365,10 +356,10 @@ def test_worker_keeps_a_job_until_the_database_is_back(
                            "KJ_DATABASE_URL": url.set(host="127.0.0.1", port=proxy.port)
                            .render_as_string(hide_password=False)}, log_path)
     monkeypatch.setenv("KJ_QUEUE", queue)
-    reset_database_caches()
     try:
-        r = client.post("/v1/jobs", json={"type": "fit", "spec_id": spec["id"],
-                                          "dataset_id": dataset["id"], "epochs": 1})
+        with fresh():  # the job's message goes to this worker's queue
+            r = client.post("/v1/jobs", json={"type": "fit", "spec_id": spec["id"],
+                                              "dataset_id": dataset["id"], "epochs": 1})
         assert r.status_code == 202, r.text
         deadline = time.monotonic() + 120
         while "database unavailable" not in log_path.read_text():
@@ -382,4 +373,3 @@ def test_worker_keeps_a_job_until_the_database_is_back(
         stop_process(worker)
         proxy.close()
         monkeypatch.undo()
-        reset_database_caches()

@@ -16,12 +16,12 @@ import httpx
 import numpy as np
 import pytest
 
+from app.core.state import fresh
 from tests.helpers import (
     SEED_SPEC,
     live_server,
     make_key,
     npz_bytes,
-    reset_caches,
     stored_files,
 )
 
@@ -54,24 +54,19 @@ class Served:
 def served(request: pytest.FixtureRequest, service_env: dict[str, str], client: Any,
            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     """PostgreSQL: the suite's database. SQLite: a file of this test's own, migrated by the
-    server's start-up (the process-wide settings and engine are restored afterwards). Jobs go
-    to a queue no worker reads, so they stay queued."""
+    server's start-up (in a state of this test's own: the session's comes back afterwards).
+    Jobs go to a queue no worker reads, so they stay queued."""
     monkeypatch.setenv("KJ_QUEUE", f"kj-test-races-{secrets.token_hex(4)}")
     if request.param == "sqlite":
         monkeypatch.setenv("KJ_DATABASE_URL", f"sqlite:///{tmp_path / 'kj.db'}")
-    reset_caches()
     try:
-        with live_server() as address:
+        with fresh(), live_server() as address:
             tenant = f"race-{secrets.token_hex(4)}"
             key = make_key(tenant, f"{tenant}-key", ["read", "write"])
             yield Served(f"http://{address}", tenant, {"Authorization": f"Bearer {key}"},
                          Path(service_env["KJ_ARTIFACT_ROOT"]))
     finally:
-        from app.auth import keys
-
         monkeypatch.undo()
-        reset_caches()
-        keys.KEYS.invalidate()  # it holds the keys of the database just left
 
 
 def at_once(n: int, send: Callable[[httpx.Client], httpx.Response],

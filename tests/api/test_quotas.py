@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.core.state import fresh
 from tests.helpers import (
     SEED_SPEC,
     assert_problem,
     make_key,
     npz_bytes,
-    reset_caches,
     start_worker,
     stop_process,
     stored_files,
@@ -85,17 +85,9 @@ def tenant(client: Any) -> Tenant:
 
 
 @pytest.fixture
-def setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], None]]:
-    """Sets a KJ_* setting for this test only (the cached settings are read again)."""
-    from app.core.config import get_settings
-
-    def set_(name: str, value: str) -> None:
-        monkeypatch.setenv(name, value)
-        get_settings.cache_clear()
-
-    yield set_
-    monkeypatch.undo()
-    get_settings.cache_clear()
+def setting(settings_env: Callable[..., None]) -> Callable[[str, str], None]:
+    """Sets a KJ_* setting for this test only (conftest's settings_env)."""
+    return lambda name, value: settings_env(**{name: value})
 
 
 @pytest.fixture(scope="module")
@@ -353,16 +345,15 @@ def two_slot_worker(service_env: dict[str, str], client: Any, tmp_path: Path,
     worker, which runs one, is not what holds a job back); yields its log file."""
     queue = f"kj-test-quota-{secrets.token_hex(4)}"
     monkeypatch.setenv("KJ_QUEUE", queue)
-    reset_caches()
     log_path = tmp_path / "worker.log"
     proc = start_worker({**service_env, "KJ_QUEUE": queue, "KJ_TENANT_BUSY_RETRY_S": "1"},
                         log_path, "--concurrency", "2")
     try:
-        yield log_path
+        with fresh():
+            yield log_path
     finally:
         stop_process(proc)
         monkeypatch.undo()
-        reset_caches()
         if proc.returncode not in (0, -15):
             print(log_path.read_text()[-5000:])
 

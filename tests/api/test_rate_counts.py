@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.core.errors import DomainError
+from app.core.state import fresh
 
 LIMIT = 600
 SENT = 801
@@ -19,17 +20,11 @@ SENT = 801
 @pytest.fixture(params=["redis", "local"])
 def counted_in(request: pytest.FixtureRequest, service_env: dict[str, str],
                monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from app.auth import ratelimit
-    from app.core.config import get_settings
-
     if request.param == "local":  # the embedded broker: no Redis to count in
         monkeypatch.setenv("KJ_BROKER_URL", "sqla+sqlite:///unused.db")
-    get_settings.cache_clear()
-    ratelimit._redis.cache_clear()
-    yield request.param
+    with fresh():
+        yield request.param
     monkeypatch.undo()
-    get_settings.cache_clear()
-    ratelimit._redis.cache_clear()
 
 
 def _one_window(key_id: str) -> tuple[int, list[DomainError]] | None:
@@ -65,7 +60,7 @@ def test_refused_requests_are_not_counted(counted_in: str) -> None:
     assert {e.extra["current"] for e in refused} == {LIMIT}, refused[-1].extra
     assert f"made {LIMIT} write requests this minute" in refused[-1].detail
     if counted_in == "redis":
-        client = ratelimit._redis()
+        client = ratelimit.limiter().client
         assert client is not None
         counted = client.get(f"kj:rate:write:{key_id}:{int(time.time() // 60)}")
         assert int(counted) == LIMIT

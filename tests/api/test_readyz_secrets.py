@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import reset_caches
+from app.core.state import fresh
 
 BROKER_PASSWORD = "br0ker/s3cretPW"
 DB_PASSWORD = "db-pa55w0rd"
@@ -23,13 +23,10 @@ def test_readyz_does_not_show_passwords(tmp_path: Path, monkeypatch: pytest.Monk
     # Nothing listens on port 1: both checks fail, each with its driver's error.
     monkeypatch.setenv("KJ_DATABASE_URL", f"postgresql+psycopg://kj:{DB_PASSWORD}@127.0.0.1:1/kj")
     monkeypatch.setenv("KJ_BROKER_URL", f"redis://:{BROKER_PASSWORD}@127.0.0.1:1/0")
-    reset_caches()
-    try:
+    with fresh():
         # No lifespan (no `with`): the checks alone, without migrating or loading TensorFlow.
         r = TestClient(create_app()).get("/readyz")
-    finally:
-        monkeypatch.undo()
-        reset_caches()
+    monkeypatch.undo()
     assert r.status_code == 503
     checks = r.json()["checks"]
     assert checks["broker"].startswith("error: ") and checks["database"].startswith("error: ")

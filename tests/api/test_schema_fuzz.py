@@ -92,13 +92,8 @@ def model(client: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
     assert r.status_code == 201, r.text
     r = client.put(f"/v1/models/{MODEL}/labels/{LABEL}", json={"version": 1})
     assert r.status_code == 200, r.text
-    # Tests before may have replaced this process's serving (reset_caches) after the session
-    # app started, and only an app's start preloads it: /readyz would be a 503 ("starting")
-    # for good. Preload it as a start would.
-    from app.predict.service import get_serving, preload
-
-    if not get_serving().ready.is_set():
-        preload(days=1)
+    # Tests before may have installed states of their own; the session's (whose start
+    # preloaded its serving) is current again after each.
     assert client.get("/readyz").status_code == 200, client.get("/readyz").text
     return MODEL
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import reset_caches
+from app.core.state import fresh
 
 
 def _staging(root: Path, name: str, age_s: float) -> Path:
@@ -35,21 +35,19 @@ def test_api_start_removes_stale_upload_staging(client: Any, service_env: dict[s
     killed = _staging(root, uuid.uuid4().hex, age_s=7200)
     receiving = _staging(root, uuid.uuid4().hex, age_s=7200)
     (receiving / "upload.bin").write_bytes(b"still arriving")  # written to just now
-    fresh = _staging(root, uuid.uuid4().hex, age_s=5)
+    young = _staging(root, uuid.uuid4().hex, age_s=5)
     # A queued job's (a session worker's sweep removes the folders of jobs that do not exist).
     job_id = _queued_job()
     job = _staging(root, f"{job_id}.{uuid.uuid4().hex}", age_s=7200)
     monkeypatch.setenv("KJ_STAGING_MAX_AGE_S", "3600")
-    reset_caches()
     try:
-        with TestClient(create_app()) as http:
+        with fresh(), TestClient(create_app()) as http:
             assert http.get("/healthz").status_code == 200
         assert not killed.exists()
-        assert receiving.exists() and fresh.exists() and job.exists()
+        assert receiving.exists() and young.exists() and job.exists()
     finally:
         monkeypatch.undo()
-        reset_caches()
-        for folder in (killed, receiving, fresh, job):
+        for folder in (killed, receiving, young, job):
             _remove(folder)
         _delete_job(job_id)
 

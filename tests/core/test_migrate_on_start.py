@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import inspect
 
 from app.core.db import make_engine
-from tests.helpers import reset_caches
+from app.core.state import fresh
 
 
 def tables_after_start(home: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> set[str]:
@@ -22,13 +22,11 @@ def tables_after_start(home: Path, monkeypatch: pytest.MonkeyPatch, **env: str) 
         monkeypatch.delenv(var, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    reset_caches()
     try:
-        with TestClient(create_app()) as client:  # runs the lifespan
+        with fresh(), TestClient(create_app()) as client:  # runs the lifespan
             assert client.get("/healthz").status_code == 200
     finally:
         monkeypatch.undo()
-        reset_caches()
     engine = make_engine(f"sqlite:///{home / 'keras-jobs.db'}")
     try:
         return set(inspect(engine).get_table_names())

@@ -46,14 +46,11 @@ def test_postgres_upgrade_matches_models(pg_database: str) -> None:
 @pytest.mark.parametrize("cmd", [["migrate"]])
 def test_migrate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cmd: list[str]) -> None:
     from app.cli import main
-    from tests.helpers import reset_caches
+    from app.core.state import fresh
 
     monkeypatch.setenv("KJ_HOME", str(tmp_path))
     for var in ("KJ_DATABASE_URL", "KJ_BROKER_URL", "KJ_ARTIFACT_ROOT"):
         monkeypatch.delenv(var, raising=False)
-    reset_caches()
-    try:
+    with fresh():
         assert main(cmd) == 0
-    finally:
-        reset_caches()
     assert _diff(f"sqlite:///{tmp_path / 'keras-jobs.db'}") == []

@@ -29,10 +29,11 @@ from app.api.metrics import JobsCollector
 from app.api.request_id import RequestId
 from app.core import metrics
 from app.core.logs import JsonFormatter, request_id, set_job_id
+from app.core.state import fresh
 from app.predict.batcher import Batcher, BatchPolicy
 from app.predict.metrics import observe
 from tests.conftest import REDIS_URL
-from tests.helpers import ROOT, reset_caches
+from tests.helpers import ROOT
 
 # What the service exports, by name (the parser drops `_total`) and type.
 EXPORTED = {
@@ -63,10 +64,9 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     # As `keras-jobs serve` on 127.0.0.1 says (TestClient's "testserver" is no loopback
     # address): open while no key exists.
     monkeypatch.setenv("KJ_BIND_HOST", "127.0.0.1")
-    reset_caches()
-    upgrade(f"sqlite:///{tmp_path / 'keras-jobs.db'}")
-    yield tmp_path
-    reset_caches()
+    with fresh():
+        upgrade(f"sqlite:///{tmp_path / 'keras-jobs.db'}")
+        yield tmp_path
 
 
 def _families(text: str) -> dict[str, Any]:
@@ -140,19 +140,18 @@ def test_queue_depth_on_redis_counts_every_priority_list(embedded: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import redis
 
-    from app.core.broker import PRIORITY_FIRST, enqueue_job, get_celery
+    from app.core.broker import PRIORITY_FIRST, enqueue_job
 
     monkeypatch.setenv("KJ_BROKER_URL", REDIS_URL)
-    reset_caches()
     queue = os.environ["KJ_QUEUE"]
     try:
-        enqueue_job("job_metrics_new")
-        enqueue_job("job_metrics_first", priority=PRIORITY_FIRST)
-        families = _families(metrics.exposition(JobsCollector()).decode())
+        with fresh():
+            enqueue_job("job_metrics_new")
+            enqueue_job("job_metrics_first", priority=PRIORITY_FIRST)
+            families = _families(metrics.exposition(JobsCollector()).decode())
         assert _value(families["keras_jobs_queue_messages"], "keras_jobs_queue_messages",
                       queue=queue) == 2
     finally:
-        get_celery().close()
         client = redis.Redis.from_url(REDIS_URL)  # the shared server: leave nothing behind
         client.delete(*client.keys(f"*{queue}*"))  # the lists and kombu's bindings
 
@@ -160,9 +159,9 @@ def test_queue_depth_on_redis_counts_every_priority_list(embedded: Path,
 def test_a_dead_broker_leaves_the_queue_out_not_the_scrape(
         embedded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KJ_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
-    reset_caches()
     start = time.monotonic()
-    families = _families(metrics.exposition(JobsCollector()).decode())
+    with fresh():
+        families = _families(metrics.exposition(JobsCollector()).decode())
     assert time.monotonic() - start < 5
     assert "keras_jobs_queue_messages" not in families
     assert "keras_jobs_jobs" in families

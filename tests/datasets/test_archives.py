@@ -214,17 +214,16 @@ def test_oversized_central_directory_is_refused_before_it_is_parsed(tmp_path: Pa
 @pytest.fixture
 def lax_ratio() -> Iterator[None]:
     """KJ_MAX_ARCHIVE_RATIO past deflate's limit, for tests that inflate zeros on purpose."""
-    from app.core.config import get_settings
+    from app.core.state import fresh
 
     saved = os.environ.get("KJ_MAX_ARCHIVE_RATIO")
     os.environ["KJ_MAX_ARCHIVE_RATIO"] = "2000"
-    get_settings.cache_clear()
-    yield
+    with fresh():
+        yield
     if saved is None:
         os.environ.pop("KJ_MAX_ARCHIVE_RATIO")
     else:
         os.environ["KJ_MAX_ARCHIVE_RATIO"] = saved
-    get_settings.cache_clear()
 
 
 @pytest.mark.usefixtures("lax_ratio")

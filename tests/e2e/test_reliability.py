@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from app.core.state import fresh
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import (
     ROOT,
@@ -27,7 +28,6 @@ from tests.helpers import (
     PrivateRedis,
     make_key,
     parent_pid,
-    reset_caches,
     start_worker,
     stop_process,
     temp_database,
@@ -85,9 +85,8 @@ def iso(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Iso]:
                "KJ_LOG_LEVEL": "INFO", "KJ_AUTH": "required"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
-        reset_caches()
         try:
-            with TestClient(create_app()) as http:
+            with fresh(), TestClient(create_app()) as http:
                 # Keys live in the database: this one needs a key of its own.
                 key = make_key("local", "reliability", ["admin"])
                 http.headers["Authorization"] = f"Bearer {key}"
@@ -103,7 +102,6 @@ def iso(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Iso]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-            reset_caches()
             redis.stop()
 
 

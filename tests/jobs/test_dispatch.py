@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from app.core.state import fresh
 from tests.conftest import REDIS_URL
-from tests.helpers import reset_caches
 
 
 @pytest.fixture
@@ -25,8 +25,8 @@ def broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("KJ_BROKER_URL", url)
     monkeypatch.setenv("KJ_QUEUE", queue)
     monkeypatch.setenv("KJ_HOME", str(tmp_path))
-    reset_caches()
-    yield request.param
+    with fresh():
+        yield request.param
     if request.param == "redis":
         import redis
 
@@ -35,7 +35,6 @@ def broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
         if keys:
             client.delete(*keys)
     monkeypatch.undo()
-    reset_caches()
 
 
 def _take(conn: Any) -> Any:

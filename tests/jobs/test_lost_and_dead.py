@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from app.core.state import fresh
 from tests.helpers import SEED_SPEC, two_classes, upload
 
 SENT_AGO_S = 7
@@ -30,13 +31,6 @@ def job_inputs(client: Any) -> tuple[str, str]:
     return spec["id"], dataset["id"]
 
 
-def _settings_changed() -> None:
-    from app.core import broker, config
-
-    config.get_settings.cache_clear()
-    broker.get_celery.cache_clear()
-
-
 @pytest.fixture(params=["redis", "embedded"])
 def private_queue(request: pytest.FixtureRequest, client: Any, tmp_path: Path,
                   monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
@@ -45,13 +39,12 @@ def private_queue(request: pytest.FixtureRequest, client: Any, tmp_path: Path,
     monkeypatch.setenv("KJ_QUEUE", f"kj-test-lost-{secrets.token_hex(4)}")
     if request.param == "embedded":
         monkeypatch.setenv("KJ_BROKER_URL", f"sqla+sqlite:///{tmp_path / 'broker.db'}")
-    _settings_changed()
-    try:
-        yield request.param
-    finally:
-        _wipe()
-        monkeypatch.undo()
-        _settings_changed()
+    with fresh():
+        try:
+            yield request.param
+        finally:
+            _wipe()
+    monkeypatch.undo()
 
 
 def _wipe() -> None:
@@ -153,7 +146,6 @@ def test_a_cancel_ends_a_job_whose_worker_is_gone(
     """No worker runs: only the API can end these jobs. One ran on this host as a process that
     is gone (certain at once); one on another host, whose heartbeat stops now (dead once it
     is KJ_STALE_AFTER_S old)."""
-    from app.core.config import get_settings
     from app.jobs import recovery
 
     exited = subprocess.Popen(["true"])
@@ -162,8 +154,7 @@ def test_a_cancel_ends_a_job_whose_worker_is_gone(
                         recovery.host_key())
     elsewhere = _running_job(*job_inputs, "elsewhere:4242", "another-boot/another-ns")
     monkeypatch.setenv("KJ_STALE_AFTER_S", "2")
-    get_settings.cache_clear()
-    try:
+    with fresh():
         for job_id in (here, elsewhere):
             r = client.post(f"/v1/jobs/{job_id}:cancel")
             assert r.status_code == 202, r.text
@@ -175,6 +166,4 @@ def test_a_cancel_ends_a_job_whose_worker_is_gone(
         for job_id in (here, elsewhere):
             job = client.get(f"/v1/jobs/{job_id}").json()
             assert job["finished_at"] and job["attempts"][-1]["outcome"] == "died", job
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    monkeypatch.undo()

@@ -16,7 +16,6 @@ import pytest
 from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
 
 from app.predict.oip import HEADER_LENGTH
-from tests.helpers import reset_caches
 
 WORDS = np.array([["good movie"], ["bad film"], ["great good fun"], ["awful bad"]])
 
@@ -65,7 +64,9 @@ def models(client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     assert r.status_code == 201, r.text
     served["text"] = Served("text", WORDS, expected)
     yield served
-    reset_caches()
+    from app.predict.service import get_serving
+
+    get_serving().cache.clear()  # these models leave no memory held behind them
 
 
 @pytest.mark.parametrize(("policy", "dtype"), [("mixed_bfloat16", "bfloat16"),

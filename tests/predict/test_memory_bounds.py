@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import secrets
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,25 +164,6 @@ def test_json_rows_scan() -> None:
 
 
 # --- serving: batches within a memory budget ------------------------------------------------
-
-@pytest.fixture
-def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
-    from app.predict.service import get_serving
-
-    def fresh() -> None:
-        get_serving().cache.clear()
-        get_settings.cache_clear()
-        get_serving.cache_clear()
-
-    def configure(**env: int) -> None:
-        for key, value in env.items():
-            monkeypatch.setenv(key, str(value))
-        fresh()
-
-    yield configure
-    monkeypatch.undo()
-    fresh()
-
 
 def test_batches_and_warm_up_stay_within_the_version_budget(
         client: Any, tmp_path: Path, settings_env: Callable[..., None]) -> None:

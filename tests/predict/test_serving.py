@@ -8,7 +8,7 @@ import io
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -53,24 +53,14 @@ def publish(client: Any, name: str, model: Any, tmp: Path) -> int:
 
 
 @pytest.fixture
-def batching(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A fresh serving state with the batch timeout and queue bound a test asks for."""
-    from app.core.config import get_settings
-    from app.predict.service import get_serving
-
-    def fresh() -> None:
-        get_serving().cache.clear()
-        get_settings.cache_clear()
-        get_serving.cache_clear()
+def batching(settings_env: Callable[..., None]) -> Callable[[float, int], None]:
+    """A fresh state (its own serving) with the batch timeout and queue bound a test asks
+    for."""
 
     def configure(timeout_ms: float, queue_rows: int) -> None:
-        monkeypatch.setenv("KJ_BATCH_TIMEOUT_MS", str(timeout_ms))
-        monkeypatch.setenv("KJ_BATCH_QUEUE_ROWS", str(queue_rows))
-        fresh()
+        settings_env(KJ_BATCH_TIMEOUT_MS=timeout_ms, KJ_BATCH_QUEUE_ROWS=queue_rows)
 
-    yield configure
-    monkeypatch.undo()
-    fresh()
+    return configure
 
 
 def loaded(name: str, version: int) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import reset_caches
+from app.core.state import fresh
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -28,14 +28,13 @@ def database(request: pytest.FixtureRequest, client: Any,
     saved = {k: os.environ.get(k) for k in ("KJ_DATABASE_URL", "KJ_ARTIFACT_ROOT")}
     os.environ["KJ_DATABASE_URL"] = f"sqlite:///{tmp_path / 'kj.db'}"
     os.environ["KJ_ARTIFACT_ROOT"] = str(tmp_path / "artifacts")
-    reset_caches()
     upgrade(os.environ["KJ_DATABASE_URL"])
     try:
-        yield request.param
+        with fresh():
+            yield request.param
     finally:
         for key, value in saved.items():
             os.environ.update({key: value}) if value is not None else os.environ.pop(key, None)
-        reset_caches()
 
 
 def test_racing_publishers_take_distinct_versions(database: str) -> None:

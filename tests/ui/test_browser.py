@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.core.state import fresh
 from tests.helpers import (
     ROOT,
     SEED_SPEC,
@@ -222,13 +223,10 @@ def test_a_server_without_keys_asks_for_none(browser: Any, client: Any,
     before keys existed, with no form and nothing stored."""
     from selenium.webdriver.common.by import By
 
-    from app.core.config import get_settings
-
     x, y = two_classes(n=20)
     ds = upload(client, "open-mode", x=x, y=y)
     monkeypatch.setenv("KJ_AUTH", "off")
-    get_settings.cache_clear()
-    try:
+    with fresh():
         with live_server() as host:
             browser.get(f"http://{host}/ui/datasets")
             assert wait(browser, attribute(f'tr[data-dataset="{ds["id"]}"]', "data-dataset"),
@@ -236,6 +234,4 @@ def test_a_server_without_keys_asks_for_none(browser: Any, client: Any,
             assert not browser.find_elements(By.CSS_SELECTOR, "form#api-key")
             assert browser.execute_script("return sessionStorage.length") == 0
             assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    monkeypatch.undo()
