@@ -35,9 +35,10 @@ def test_matcher() -> None:
             check(expected, output)
 
 
-def test_every_shell_block_runs_or_says_why_not() -> None:
+def test_every_block_runs_or_says_why_not() -> None:
     """README's and SECURITY.md's only runnable block is the quickstart (test_readme runs it);
-    a docs page with runnable blocks must have its place in the run order."""
+    a docs page with runnable blocks must have its place in the run order; a Python block
+    says why it is not run."""
     readme = (ROOT / "README.md").read_text()
     after = readme[:readme.index(QUICKSTART)].count("\n") + 1  # the quickstart's heading line
     for page in PAGES:
@@ -52,6 +53,10 @@ def test_every_shell_block_runs_or_says_why_not() -> None:
         assert [b.line for b in runnable(page)] == quickstart, \
             f"{page.name}: blocks to run outside the quickstart: say why they cannot run"
     assert all((DOCS / name).exists() for name in RUN_ORDER)
+    # Nothing runs Python blocks: each says why, and where its code is tested instead.
+    python = [b.where for page in PAGES for b in blocks(page) if b.lang == "python"]
+    assert python and not [w for w in python if w not in
+                           [b.where for p in PAGES for b in blocks(p) if b.not_run]], python
     reasons = [b.not_run for page in PAGES for b in blocks(page) if b.not_run]
     assert reasons and all(len(r.split()) >= 3 for r in reasons), reasons
 
