@@ -153,7 +153,7 @@ def _keys_on_server(args: argparse.Namespace) -> int:
 def _keys_on_database(args: argparse.Namespace) -> int:
     from sqlalchemy import make_url
 
-    from app.auth import audit, keys
+    from app.auth import keys
     from app.core.db import session_scope
     from app.core.errors import DomainError
     from app.core.migrate import upgrade
@@ -173,8 +173,6 @@ def _keys_on_database(args: argparse.Namespace) -> int:
                 row, raw = keys.create(s, tenant=args.tenant, name=args.name,
                                        scopes=_scopes(args.scopes),
                                        expires_in_days=args.expires_in_days, created_by="cli")
-                audit.record(s, tenant=row.tenant, actor="cli", action="key.create",
-                             target=f"key/{row.name}", scopes=row.scopes)
                 if hidden:
                     print(f"note: the {hidden} specs, datasets, jobs and model versions made "
                           "before keys belong to tenant 'local' and stay there: keys of tenant "
@@ -184,9 +182,7 @@ def _keys_on_database(args: argparse.Namespace) -> int:
             elif args.keys_command == "list":
                 _print_keys([_key_fields(k) for k in keys.list_(s, args.tenant)])
             else:
-                row = keys.revoke(s, args.name)
-                audit.record(s, tenant=row.tenant, actor="cli", action="key.revoke",
-                             target=f"key/{row.name}")
+                row = keys.revoke(s, args.name, actor="cli")
                 print(f"revoked key '{row.name}' (tenant '{row.tenant}')")
     except DomainError as exc:
         print(f"keras-jobs keys: {exc}", file=sys.stderr)

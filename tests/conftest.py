@@ -1,5 +1,6 @@
-"""Fixtures: a private PostgreSQL database and Redis queue per test session, the API in-process
-(TestClient) and a real Celery worker process, started here and stopped here."""
+"""Fixtures: a private PostgreSQL database and Redis queue per test process (pytest-xdist runs
+several), the API in-process (TestClient) and a real Celery worker process, started here and
+stopped here."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ from tests.helpers import (
 PG_ADMIN_URL = os.environ.get("KJ_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("KJ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: KJ_TEST_PROCESSES, else two per core (at most 4): every process has its own
+    database, queue and worker, and spends most of its time waiting on them."""
+    wanted = os.environ.get("KJ_TEST_PROCESSES")
+    return int(wanted) if wanted else min(4, 2 * (os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

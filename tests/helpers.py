@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,11 @@ def reset_caches() -> None:
         fn.cache_clear()
 
 
-def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`keras-jobs worker ARGS` under ENV (over this process's environment), output to log_path."""
     full = {**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "2"}
     with log_path.open("wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=full,
+        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", *args], env=full,
                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
@@ -316,3 +317,23 @@ def keras_bytes(folder: Path) -> bytes:
     path = folder / "m.keras"
     model.save(path)
     return path.read_bytes()
+
+
+def edited_keras_file(model: Any, folder: Path, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """`model` saved as a real `.keras` file whose config.json `edit` changed in place (an
+    upload Keras itself would never write)."""
+    import json
+    import zipfile
+
+    path = folder / "edited.keras"
+    model.save(path)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(buf, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                edit(config)
+                data = json.dumps(config).encode()
+            dst.writestr(info.filename, data)
+    return buf.getvalue()

@@ -4,6 +4,7 @@ than a fixed sleep) and stops it the same way (a signal, then SIGKILL past a dea
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -25,13 +26,15 @@ class ServeProcess:
     Use as a context manager (started and waited on at entry, stopped at exit), or call
     `start()` and `stop()` yourself. `ready` is the path that must answer 200 before the server
     counts as up: "/readyz" (database and worker reachable) or "/healthz" (the process answers).
+    `own_group` starts it in a process group of its own, as a shell runs a foreground command,
+    and sends the stop signal to the whole group, as Ctrl-C does.
     """
 
     def __init__(self, env: Mapping[str, str], log_dir: Path, *args: str,
                  ready: str = "/readyz", timeout: float = 300,
-                 stop_signal: signal.Signals = signal.SIGTERM) -> None:
+                 stop_signal: signal.Signals = signal.SIGTERM, own_group: bool = False) -> None:
         self.env, self.args, self.ready, self.timeout = dict(env), args, ready, timeout
-        self.stop_signal = stop_signal
+        self.stop_signal, self.own_group = stop_signal, own_group
         self.port = free_port()
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"serve-{self.port}.log"
@@ -49,7 +52,8 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(self.command(), env=self.env, cwd=ROOT, stdout=log,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT,
+                                         start_new_session=self.own_group)
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
@@ -75,13 +79,20 @@ class ServeProcess:
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            self.proc.send_signal(self.stop_signal)
+            self._signal(self.stop_signal)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal(signal.SIGKILL)
                 self.proc.wait()
         return self.proc.returncode
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        if self.own_group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
 
     def log(self) -> str:
         """The server's output so far."""

@@ -16,14 +16,14 @@ log = logging.getLogger(__name__)
 DB_RETRY_FIRST_S = 2
 DB_RETRY_MAX_S = 60
 DB_RETRIES = 24 * 60
-# A job whose tenant already runs its quota of jobs (KJ_QUOTA_RUNNING_JOBS) stays queued; its
-# message comes back this often until a slot is free.
-TENANT_BUSY_RETRY_S = 10
-TENANT_BUSY_RETRIES = 10**9  # as long as it takes
+# A job whose tenant already runs its quota of jobs comes back every KJ_TENANT_BUSY_RETRY_S for
+# as long as it takes.
+TENANT_BUSY_RETRIES = 10**9
 
 
 @app.task(name=RUN_JOB_TASK, bind=True, max_retries=DB_RETRIES)  # type: ignore[untyped-decorator]
 def run_job(self: Any, job_id: str) -> None:
+    from app.core.config import get_settings
     from app.core.db import database_unavailable
     from app.jobs.state import TenantBusy
     from app.training.runner import run_job as run
@@ -32,8 +32,9 @@ def run_job(self: Any, job_id: str) -> None:
     try:
         run(job_id, redelivered=redelivered)
     except TenantBusy as exc:  # its tenant runs its quota of jobs: try again in a while
-        log.info("%s; trying again in %ss", exc, TENANT_BUSY_RETRY_S)
-        raise self.retry(exc=exc, countdown=TENANT_BUSY_RETRY_S,
+        wait_s = get_settings().tenant_busy_retry_s
+        log.info("%s; trying again in %ss", exc, wait_s)
+        raise self.retry(exc=exc, countdown=wait_s,
                          max_retries=TENANT_BUSY_RETRIES) from exc
     except Exception as exc:
         # Returning (or failing: acks_on_failure) would ack a message whose job was never

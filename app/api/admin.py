@@ -58,10 +58,6 @@ def create_key(caller: CallerDep, session: SessionDep, response: Response,
         raise _forbidden(caller, "a key with the `operator` scope")
     row, raw = keys.create(session, tenant=tenant, name=body.name, scopes=body.scopes,
                            expires_in_days=body.expires_in_days, created_by=caller.actor)
-    # Recorded under the key's tenant (an operator may make keys for any tenant), as the CLI
-    # does.
-    audit.record(session, tenant=tenant, actor=caller.actor, action="key.create",
-                 target=f"key/{row.name}", scopes=row.scopes)
     response.headers["Location"] = f"/v1/keys/{row.name}"
     return KeyCreated(**KeyRead.model_validate(row).model_dump(), key=raw)
 
@@ -85,9 +81,7 @@ def revoke_key(caller: CallerDep, session: SessionDep, name: KeyNameParam) -> Ke
         raise not_found("API key", name)
     if "operator" in row.scopes and not caller.is_operator:
         raise _forbidden(caller, "revoking a key with the `operator` scope")
-    keys.revoke(session, name)
-    audit.record(session, tenant=row.tenant, actor=caller.actor, action="key.revoke",
-                 target=f"key/{name}")
+    keys.revoke(session, name, actor=caller.actor)
     return KeyRead.model_validate(row)
 
 
@@ -105,10 +99,7 @@ def get_quotas(session: SessionDep, caller: CallerDep, tenant: TenantParam) -> T
 def put_quotas(caller: CallerDep, session: SessionDep, tenant: TenantParam,
                body: QuotaUpdate) -> TenantQuotas:
     """Set the tenant's quota overrides (operator only)."""
-    values = body.model_dump()
-    quotas.set_overrides(session, tenant, values)
-    audit.record(session, tenant=tenant, actor=caller.actor, action="quota.set",
-                 target=f"tenant/{tenant}", **values)
+    quotas.set_overrides(session, tenant, body.model_dump(), actor=caller.actor)
     return TenantQuotas(**quotas.describe(session, tenant))
 
 

@@ -10,7 +10,6 @@ from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from app.api.schemas import Page
-from app.auth import audit
 from app.auth.access import ALL_SCOPES, LOCAL_TENANT
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
@@ -38,10 +37,6 @@ class Caller:
 
     def manages(self, tenant: str) -> bool:
         return self.is_operator or tenant == self.owner
-
-    def audit(self, session: Session, action: str, target: str, **detail: Any) -> None:
-        audit.record(session, tenant=self.owner, actor=self.actor, action=action, target=target,
-                     **detail)
 
 
 LOCAL_OWNER = LOCAL_TENANT

@@ -16,6 +16,7 @@ from typing import IO, Any
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from app.auth.quotas import upload_too_large
 from app.core.errors import DomainError, FieldError, bad_request, unsupported_media
 from app.core.storage import ReceivedFile
 
@@ -87,14 +88,7 @@ class _Parts:
         if self.out is not None:
             self.received.size += len(chunk)
             if self.received.size > self.max_bytes:
-                raise DomainError(413, "Upload too large",
-                                  f"The upload exceeds {self.max_bytes} bytes, the largest "
-                                  "upload this tenant may make (max_upload_bytes quota; "
-                                  "default KJ_MAX_UPLOAD_BYTES).",
-                                  [FieldError("/file", "too large")],
-                                  type="/problems/too-large",
-                                  extra={"limit": self.max_bytes,
-                                         "current": self.received.size})
+                raise upload_too_large(self.max_bytes, self.received.size)
             self.digest.update(chunk)
             self.out.write(chunk)
         elif self.field is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.auth import audit
 from app.auth.access import SCOPES
 from app.core.config import get_settings
 from app.core.db import on_commit, session_scope
@@ -114,7 +115,8 @@ def check_scopes(scopes: list[str], pointer: str = "/scopes") -> list[str]:
 
 def create(session: Session, *, tenant: str, name: str, scopes: list[str],
            expires_in_days: float | None, created_by: str) -> tuple[ApiKey, str]:
-    """A new key (row added to `session`) and the key itself, which is never stored."""
+    """A new key (row added to `session`, recorded in the audit log as `created_by`'s) and the
+    key itself, which is never stored."""
     check_tenant(tenant)
     check_name(name)
     scopes = check_scopes(scopes)
@@ -131,6 +133,9 @@ def create(session: Session, *, tenant: str, name: str, scopes: list[str],
                  expires_at=expires, created_by=created_by)
     session.add(row)
     session.flush()
+    # Under the key's tenant (an operator may make keys for any tenant).
+    audit.record(session, tenant=tenant, actor=created_by, action="key.create",
+                 target=f"key/{name}", scopes=scopes)
     on_commit(session, _changed)
     return row, raw
 
@@ -146,13 +151,16 @@ def find(session: Session, name: str) -> ApiKey | None:
     return session.scalars(select(ApiKey).where(ApiKey.name == name)).first()
 
 
-def revoke(session: Session, name: str) -> ApiKey:
+def revoke(session: Session, name: str, *, actor: str) -> ApiKey:
+    """Revoke the key (recorded in the audit log as `actor`'s, under the key's tenant)."""
     row = find(session, name)
     if row is None:
         raise not_found("API key", name)
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         on_commit(session, _changed)
+    audit.record(session, tenant=row.tenant, actor=actor, action="key.revoke",
+                 target=f"key/{name}")
     return row
 
 

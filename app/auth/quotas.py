@@ -1,10 +1,11 @@
 """Per-tenant quotas: running and queued jobs, stored bytes, largest upload. Defaults come from
 settings (KJ_QUOTA_*, KJ_MAX_UPLOAD_BYTES); an admin overrides them per tenant.
 
-A quota is checked by the service that writes what it counts (jobs, datasets, model versions),
-under the tenant's quota lock (`hold`), right before the row is written: counting and writing
-are then one step for that tenant until the transaction ends, so concurrent requests cannot all
-count the same free slot."""
+A quota is checked by the domain service that writes what it counts (jobs, datasets, model
+versions, whoever calls it: a route, the worker, the CLI), under the tenant's quota lock
+(`hold`), right before the row is written: counting and writing are then one step for that
+tenant until the transaction ends, so concurrent requests cannot all count the same free slot.
+Only domain services call the checks (tests/structure/test_rules.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from app.auth import audit
 from app.core.config import get_settings
 from app.core.db import upsert
-from app.core.errors import DomainError
+from app.core.errors import DomainError, FieldError
 from app.tables import Dataset, Job, JobStatus, ModelVersion, TenantQuota
 from app.tables.base import utcnow
 
@@ -57,9 +59,13 @@ def quota(session: Session, tenant: str) -> Quota:
     return Quota(**merged)
 
 
-def set_overrides(session: Session, tenant: str, values: dict[str, int | None]) -> None:
-    upsert(session, TenantQuota, {"tenant": tenant, **{f: values.get(f) for f in FIELDS},
-                                  "updated_at": utcnow()}, ["tenant"])
+def set_overrides(session: Session, tenant: str, values: dict[str, int | None], *,
+                  actor: str) -> None:
+    """Set `tenant`'s overrides (None: the default), recorded in the audit log as `actor`'s."""
+    row = {f: values.get(f) for f in FIELDS}
+    upsert(session, TenantQuota, {"tenant": tenant, **row, "updated_at": utcnow()}, ["tenant"])
+    audit.record(session, tenant=tenant, actor=actor, action="quota.set",
+                 target=f"tenant/{tenant}", **row)
 
 
 def usage(session: Session, tenant: str) -> dict[str, int]:
@@ -105,14 +111,14 @@ def reserve_job(session: Session, tenant: str) -> None:
     already stores all its quota allows (the job would store a model or predictions)."""
     hold(session, tenant)
     check_queued(session, tenant)
-    check_stored(session, tenant, 0)
+    check_stored(session, tenant, 0, "the job")
 
 
-def reserve_bytes(session: Session, tenant: str, added: int) -> None:
-    """Before a row that stores `added` bytes is added: 413 when the tenant would be past its
-    stored-bytes quota with it (the caller's transaction rolls back)."""
+def reserve_bytes(session: Session, tenant: str, added: int, what: str = "this upload") -> None:
+    """Before a row that stores `added` bytes (`what`) is added: 413 when the tenant would be
+    past its stored-bytes quota with it (the caller's transaction rolls back)."""
     hold(session, tenant)
-    check_stored(session, tenant, added)
+    check_stored(session, tenant, added, what)
 
 
 def check_queued(session: Session, tenant: str) -> None:
@@ -129,23 +135,38 @@ def check_queued(session: Session, tenant: str) -> None:
                           headers={"Retry-After": str(JOBS_RETRY_AFTER_S)})
 
 
-def check_stored(session: Session, tenant: str, added: int) -> None:
-    """Before `added` bytes join the tenant's rows: 413 when its stored bytes would be past its
-    quota; with added=0, when it is at or past it already (nothing more may be kept). Call
-    under `hold`."""
+def check_stored(session: Session, tenant: str, added: int, what: str) -> None:
+    """Before `added` bytes (`what`) join the tenant's rows: 413 when its stored bytes would be
+    past its quota; with added=0, when it is at or past it already (nothing more may be kept).
+    Under `hold` when a row is written next; without, a check ahead of work that will write
+    one (it is checked again, held, when it does)."""
     limit = quota(session, tenant).max_stored_bytes
     stored = stored_bytes(session, tenant)
     if stored + added > limit or (added == 0 and stored >= limit):
+        where = (f"would store {stored + added} bytes ({what} adds {added})" if added else
+                 f"stores {stored} bytes and {what} would store more")
         raise DomainError(413, "Storage quota exceeded",
-                          f"Tenant '{tenant}' would store {stored + added} bytes (this request "
-                          f"adds {added}), past its limit of {limit} bytes. Delete datasets you "
-                          "no longer need, or ask an admin to raise max_stored_bytes.",
+                          f"Tenant '{tenant}' {where}, past its limit of {limit} bytes "
+                          "(max_stored_bytes). Delete datasets or model versions you no longer "
+                          "need, or ask an admin to raise max_stored_bytes.",
                           type="/problems/quota",
                           extra={"limit": limit, "current": stored, "requested": added})
 
 
-def upload_limit(session: Session, tenant: str) -> int:
-    return quota(session, tenant).max_upload_bytes
+def upload_limit(session: Session, tenant: str, size: int | None = None) -> int:
+    """The largest upload `tenant` may make; 413 when a received `size` is past it."""
+    limit = quota(session, tenant).max_upload_bytes
+    if size is not None and size > limit:
+        raise upload_too_large(limit, size)
+    return limit
+
+
+def upload_too_large(limit: int, size: int) -> DomainError:
+    return DomainError(413, "Upload too large",
+                       f"The upload exceeds {limit} bytes, the largest upload this tenant may "
+                       "make (max_upload_bytes quota; default KJ_MAX_UPLOAD_BYTES).",
+                       [FieldError("/file", "too large")], type="/problems/too-large",
+                       extra={"limit": limit, "current": size})
 
 
 def running_limit(session: Session, tenant: str) -> int:

@@ -3,14 +3,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.auth.access import SCOPES
 from app.auth.keys import NAME_PATTERN, TENANT_PATTERN
 
-KeyNameParam = Annotated[str, Path(pattern=f"^{NAME_PATTERN.pattern}$")]
-TenantParam = Annotated[str, Path(pattern=f"^{TENANT_PATTERN.pattern}$")]
+# pydantic's constraints, not FastAPI's Path (app.registry.schemas says why).
+KeyNameParam = Annotated[str, Field(pattern=f"^{NAME_PATTERN.pattern}$")]
+TenantParam = Annotated[str, Field(pattern=f"^{TENANT_PATTERN.pattern}$")]
 
 
 class KeyCreate(BaseModel):

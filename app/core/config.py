@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # broker cannot be looked into, when it was sent longer ago than this. Above the longest
     # wait of a message a live worker holds (a database retry: 60 s).
     redispatch_after_s: float = 120.0
+    # A job whose tenant already runs its quota of jobs (KJ_QUOTA_RUNNING_JOBS) stays queued; its
+    # message comes back this often until a slot is free.
+    tenant_busy_retry_s: float = 10.0
     # Staging folders (an upload in progress, a version being saved) untouched for this long
     # belong to a process that was killed; the API removes them at start-up.
     staging_max_age_s: float = 3600.0

@@ -11,7 +11,6 @@ from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotency import IdempotencyKeyDep
 from app.api.multipart import openapi_body, receive_file
 from app.api.schemas import Page
-from app.auth import quotas
 from app.datasets import arrays, service
 from app.datasets.ingest import NAME_RE
 from app.datasets.schemas import DatasetRead
@@ -30,15 +29,14 @@ async def upload_dataset(
     """Upload a `.npz` (named arrays), a `.npy` (one array, named `x`) or a CSV with a header
     row (one array per column), multipart field `file`, optional field `name`. The body is
     written to the artifact store as it arrives."""
-    limit = await run_in_threadpool(quotas.upload_limit, session, caller.owner)
+    limit = await run_in_threadpool(service.upload_limit, session, caller.owner)
     with store.staging() as staging:
         received, fields = await receive_file(request, staging / "upload.bin", limit)
 
         def create() -> DatasetRead:
             dataset = service.create(session, store, caller.owner, staging, received,
-                                     fields.get("name"), limit, settings.max_csv_columns)
-            caller.audit(session, "dataset.create", f"dataset/{dataset.id}", name=dataset.name,
-                         size_bytes=dataset.size_bytes, stored_bytes=dataset.stored_bytes)
+                                     fields.get("name"), actor=caller.actor,
+                                     max_csv_columns=settings.max_csv_columns)
             response.headers["Location"] = f"/v1/datasets/{dataset.id}"
             return DatasetRead.model_validate(dataset)
 
@@ -82,5 +80,4 @@ def get_array(caller: CallerDep, session: SessionDep, store: StoreDep, dataset_i
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_dataset(caller: CallerDep, session: SessionDep, store: StoreDep,
                    dataset_id: str) -> None:
-    service.delete(session, store, caller.owner, dataset_id)
-    caller.audit(session, "dataset.delete", f"dataset/{dataset_id}")
+    service.delete(session, store, caller.owner, dataset_id, actor=caller.actor)

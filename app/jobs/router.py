@@ -34,8 +34,7 @@ def create_job(caller: CallerDep, session: SessionDep, response: Response,
     once the broker is back). A replayed answer enqueues nothing."""
 
     def create() -> JobRead:
-        job = service.create(session, caller.owner, body)
-        caller.audit(session, "job.create", f"job/{job.id}", type=job.type.value)
+        job = service.create(session, caller.owner, body, actor=caller.actor)
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return service.read(session, job)
 
@@ -95,6 +94,5 @@ def job_logs(caller: CallerDep, session: SessionDep, store: StoreDep, settings: 
 @router.post("/{job_id}:cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead)
 def cancel_job(caller: CallerDep, session: SessionDep, job_id: str) -> JobRead:
     """Cancel a queued job (it never starts) or a running one (it stops at the next batch)."""
-    job = service.cancel(session, caller.owner, job_id)
-    caller.audit(session, "job.cancel", f"job/{job_id}")
+    job = service.cancel(session, caller.owner, job_id, actor=caller.actor)
     return service.read(session, job)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.auth import quotas
+from app.auth import audit, quotas
 from app.core.config import get_settings
 from app.core.db import get_owned, paginate
 from app.core.errors import DomainError, FieldError, invalid
@@ -62,7 +62,9 @@ def _check_selector(dataset: Dataset, selector: Any, pointer: str) -> None:
 
 
 def create(session: Session, owner: str,
-           body: FitJobCreate | EvaluateJobCreate | PredictJobCreate) -> Job:
+           body: FitJobCreate | EvaluateJobCreate | PredictJobCreate, *, actor: str) -> Job:
+    """Check the request, then queue the job within the tenant's quotas, recorded as `actor`'s;
+    it is sent to a worker once the transaction commits."""
     # Before any lookup: an id holding a NUL cannot even be queried on PostgreSQL, and the
     # callbacks' free-form arguments may hold NaN or NUL, which the params column refuses.
     check_storable(body.model_dump())
@@ -83,6 +85,8 @@ def create(session: Session, owner: str,
     quotas.reserve_job(session, owner)  # held until commit: counted and added as one step
     session.add(job)
     session.flush()
+    audit.record(session, tenant=owner, actor=actor, action="job.create", target=f"job/{job.id}",
+                 type=job.type.value)
     state.enqueue_after_commit(session, job.id)
     return job
 
@@ -291,7 +295,8 @@ def list_(session: Session, owner: str, status: JobStatus | None, limit: int, of
     return paginate(session, query, (Job.created_at.desc(), Job.id.desc()), limit, offset)
 
 
-def cancel(session: Session, owner: str, job_id: str) -> Job:
+def cancel(session: Session, owner: str, job_id: str, *, actor: str) -> Job:
     job = get(session, owner, job_id)
     state.request_cancel(session, job)
+    audit.record(session, tenant=owner, actor=actor, action="job.cancel", target=f"job/{job_id}")
     return job

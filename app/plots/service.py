@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
+from anyio import to_thread
 
 from app.core.db import session_scope
 from app.core.errors import DomainError, FieldError, conflict, did_you_mean, invalid
@@ -44,7 +44,7 @@ _queued = 0
 async def history_image(owner: str, job_id: str, metrics: str | None, width: int, height: int,
                         fmt: Format) -> Image:
     """The job's loss and metric curves, training and validation, one panel per metric."""
-    hist, title = await run_in_threadpool(_history, owner, job_id)
+    hist, title = await to_thread.run_sync(_history, owner, job_id)
     names = pick_metrics(hist, metrics)
     return await _render(partial(render.history, hist, names, width, height, fmt, title=title))
 
@@ -119,7 +119,7 @@ async def boundary_image(owner: str, name: str, version: int, dataset_id: str, x
     """The tutorial's plot for version `version` of `name`: the dataset's points coloured by
     class (`y` thresholded at 0.5) and the line where the model's output is 0.5. The model must
     take one input of 2 features and give one output."""
-    points = await run_in_threadpool(dataset_points, owner, name, version, dataset_id, x, y)
+    points = await to_thread.run_sync(dataset_points, owner, name, version, dataset_id, x, y)
     # The serving code's loaded model (cached per process, warmed): no second copy in memory.
     model = await loaded_model(Ref(owner, name, version=version))
     check_classifier(model.servable.inputs, model.servable.outputs, name, version)

@@ -13,15 +13,22 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import wraps
-from typing import Any
-
-from starlette.responses import Response
+from typing import Any, Protocol, TypeVar
 
 from app.core.errors import DomainError
 from app.core.metrics import PREDICT_REQUESTS, PREDICT_SECONDS
 from app.predict.service import Ref
 
-Handler = Callable[[AsyncIterator[bytes], Mapping[str, str], Ref], Awaitable[Response]]
+
+class Answer(Protocol):
+    """What a handler returns (an HTTP response: this module needs only its status)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+
+A = TypeVar("A", bound=Answer)
+Handler = Callable[[AsyncIterator[bytes], Mapping[str, str], Ref], Awaitable[A]]
 _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 _served: set[str] = set()
 
@@ -41,13 +48,13 @@ def observe(model: str, protocol: str, code: int, seconds: float) -> None:
     pair[1].observe(seconds)
 
 
-def observed(protocol: str) -> Callable[[Handler], Handler]:
+def observed(protocol: str) -> Callable[[Handler[A]], Handler[A]]:
     """Decorates a predict handler `(body stream, headers, ref) -> Response`."""
 
-    def decorate(handler: Handler) -> Handler:
+    def decorate(handler: Handler[A]) -> Handler[A]:
         @wraps(handler)
         async def timed(stream: AsyncIterator[bytes], headers: Mapping[str, str],
-                        ref: Ref) -> Response:
+                        ref: Ref) -> A:
             start = time.perf_counter()
             code = 500  # anything but a DomainError becomes a 500
             try:

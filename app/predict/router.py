@@ -317,9 +317,7 @@ def get_serving_settings(caller: CallerDep, session: SessionDep,
 def put_serving_settings(caller: CallerDep, session: SessionDep, name: NameParam,
                          body: ServingSettings) -> ServingSettings:
     """Set this model's batching; every API process applies it on its next request."""
-    settings = set_serving_settings(session, caller.owner, name, body)
-    caller.audit(session, "serving.set", f"model/{name}/serving", **body.model_dump())
-    return settings
+    return set_serving_settings(session, caller.owner, name, body, actor=caller.actor)
 
 
 # --- labels ----------------------------------------------------------------------------------
@@ -340,8 +338,8 @@ async def put_label(caller: CallerDep, name: NameParam, label: LabelParam,
 
     def move() -> None:
         with session_scope() as s:
-            registry.set_label(s, get_serving().store, caller.owner, name, label, body.version)
-            caller.audit(s, "label.set", f"model/{name}/labels/{label}", version=body.version)
+            registry.set_label(s, get_serving().store, caller.owner, name, label, body.version,
+                               actor=caller.actor)
 
     await run_in_threadpool(move)
     return LabelRead(name=name, label=label, version=body.version)
@@ -351,8 +349,8 @@ async def put_label(caller: CallerDep, name: NameParam, label: LabelParam,
                tags=["models"])
 def delete_label(caller: CallerDep, session: SessionDep, name: NameParam,
                  label: LabelParam) -> None:
-    registry.delete_label(session, get_serving().store, caller.owner, name, label)
-    caller.audit(session, "label.delete", f"model/{name}/labels/{label}")
+    registry.delete_label(session, get_serving().store, caller.owner, name, label,
+                          actor=caller.actor)
 
 
 @router.delete("/v1/models/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT,
@@ -362,11 +360,10 @@ def delete_version(caller: CallerDep, session: SessionDep, name: NameParam,
     """Delete a version: its file and its stored bytes. 409 while a label points at it (move
     the label first) or a queued or running job uses it."""
     serving = get_serving()
-    mv = registry.delete_version(session, serving.store, caller.owner, name, version)
+    mv = registry.delete_version(session, serving.store, caller.owner, name, version,
+                                 actor=caller.actor)
     version_id = mv.id
     on_commit(session, lambda: serving.cache.drop(version_id))  # no longer served here
-    caller.audit(session, "model_version.delete", f"model/{name}/{version}",
-                 size_bytes=mv.size_bytes)
 
 
 # --- Open Inference Protocol v2 (KServe, Triton) ------------------------------------------

@@ -17,9 +17,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
+# anyio's threads, as run_in_threadpool used: the pool and limit FastAPI's sync routes share.
+from anyio import to_thread
+from sqlalchemy.orm import Session
+
+from app.auth import audit
 from app.core.config import get_settings
 from app.core.db import on_commit, session_scope, upsert
 from app.core.errors import DomainError, FieldError, invalid
@@ -141,9 +144,10 @@ def serving_settings(session: Session, owner: str, name: str) -> ServingSettings
 
 
 def set_serving_settings(session: Session, owner: str, name: str,
-                         settings: ServingSettings) -> ServingSettings:
+                         settings: ServingSettings, *, actor: str) -> ServingSettings:
     """Takes effect as each API process next resolves the model (the registry's generation
-    moves): versions load again with the new policy; requests in flight finish on the old."""
+    moves): versions load again with the new policy; requests in flight finish on the old.
+    Recorded in the audit log as `actor`'s."""
     registry.versions(session, owner, name)
     try:
         batch_policy(settings)
@@ -152,6 +156,8 @@ def set_serving_settings(session: Session, owner: str, name: str,
                       [FieldError("", str(exc))]) from exc
     upsert(session, ModelServing, {"owner": owner, "name": name, **settings.model_dump(),
                                    "updated_at": utcnow()}, ["owner", "name"])
+    audit.record(session, tenant=owner, actor=actor, action="serving.set",
+                 target=f"model/{name}/serving", **settings.model_dump())
     on_commit(session, get_serving().store.bump_generation)
     return settings
 
@@ -167,10 +173,10 @@ async def loaded_model(ref: Ref) -> LoadedModel:
     serving = get_serving()
     found = serving.cached(ref)
     if found is None:
-        found = await run_in_threadpool(serving.resolve, ref)
+        found = await to_thread.run_sync(serving.resolve, ref)
     model = serving.cache.peek(cache_key(found.id, found.policy))
     if model is None:
-        model = await run_in_threadpool(serving.load, ref.owner, found)
+        model = await to_thread.run_sync(serving.load, ref.owner, found)
     return model
 
 

@@ -8,7 +8,6 @@ from app.api import problems
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.multipart import openapi_body, receive_file
 from app.api.schemas import Page
-from app.auth import quotas
 from app.registry import service, upload
 from app.registry.schemas import (
     ModelListItem,
@@ -16,7 +15,6 @@ from app.registry.schemas import (
     NameParam,
     VersionParam,
 )
-from app.tables import ModelVersion
 
 router = APIRouter(prefix="/v1/models", tags=["models"],
                    responses=problems.responses(400, 404, 409, 422, 503))
@@ -51,17 +49,11 @@ async def upload_version(
 ) -> ModelVersionCreated:
     """Upload a `.keras` file (multipart field `file`; `model.save("m.keras")`) as the next
     version of `name`. HDF5 (.h5) files are refused."""
-    limit = await run_in_threadpool(quotas.upload_limit, session, caller.owner)
+    limit = await run_in_threadpool(service.upload_limit, session, caller.owner)
     with store.staging() as staging:
         received, _fields = await receive_file(request, store.model_file(staging), limit)
 
-        def create() -> ModelVersion:
-            mv = upload.create(session, store, caller.owner, name, staging, received,
-                               max_bytes=limit)
-            caller.audit(session, "model_version.create", f"model/{name}/{mv.version}",
-                         size_bytes=mv.size_bytes)
-            return mv
-
-        mv = await run_in_threadpool(create)
+        mv = await run_in_threadpool(upload.create, session, store, caller.owner, name, staging,
+                                     received, actor=caller.actor)
     response.headers["Location"] = f"/v1/models/{name}/versions/{mv.version}"
     return ModelVersionCreated.model_validate(mv)

@@ -3,7 +3,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 # A model name, and a reference to one of its versions: 'name' (the latest) or 'name/3'.
@@ -19,9 +18,11 @@ MAX_VERSION = 2**31 - 1  # the version column is a 32-bit integer
 LABEL_NAME = r"[A-Za-z][A-Za-z0-9_.-]{0,99}"
 LABEL_PATTERN = rf"^{LABEL_NAME}$"
 
-NameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
-VersionParam = Annotated[int, Path(ge=1, le=MAX_VERSION)]
-LabelParam = Annotated[str, Path(pattern=LABEL_PATTERN)]
+# Constrained types (pydantic's, not FastAPI's Path: the worker imports this module too); a route
+# that takes one as a path parameter validates and documents it as FastAPI's Path would.
+NameParam = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+VersionParam = Annotated[int, Field(ge=1, le=MAX_VERSION)]
+LabelParam = Annotated[str, Field(pattern=LABEL_PATTERN)]
 
 
 class ModelVersionRead(BaseModel):

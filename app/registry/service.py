@@ -1,7 +1,8 @@
 """Model registry: named models whose versions are saved `.keras` files.
 
 `publish_version` is the one way a version comes to be, for a finished fit job and for an
-uploaded file alike."""
+uploaded file alike: counted against the tenant's stored-bytes quota and recorded in the audit
+log there, whoever publishes. Every change here is recorded as its `actor`'s."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.auth import quotas
+from app.auth import audit, quotas
 from app.core.db import on_commit, on_rollback, upsert
 from app.core.errors import FieldError, conflict, invalid, not_found
 from app.core.storage import ArtifactStore
@@ -63,20 +64,34 @@ def _next_version(session: Session, owner: str, name: str) -> int:
     return (current or 0) + 1
 
 
+def upload_limit(session: Session, owner: str, size: int | None = None) -> int:
+    """The largest `.keras` file `owner` may upload (the max_upload_bytes quota); 413 when a
+    received `size` is past it."""
+    return quotas.upload_limit(session, owner, size)
+
+
+def check_room(session: Session, owner: str, at_least: int) -> None:
+    """Before a job trains a model for `owner`: 413 when the tenant's stored bytes plus
+    `at_least` (the model's weights; its file holds more) would be past its quota. The
+    version's exact size is checked again by `publish_version`."""
+    quotas.check_stored(session, owner, at_least, "the job's model, its weights alone,")
+
+
 def publish_version(session: Session, store: ArtifactStore, owner: str, name: str,
-                    staging: Path, *, metrics: dict[str, Any] | None = None,
+                    staging: Path, *, actor: str, metrics: dict[str, Any] | None = None,
                     job_id: str | None = None, spec_id: str | None = None,
                     best_epoch: int | None = None) -> ModelVersion:
     """Record version n+1 of `name` in `session`'s transaction and move the `staging` folder
-    into place as its artifact.
+    into place as its artifact; 413 (nothing recorded) when its bytes would take the tenant
+    past its stored-bytes quota.
 
     Each attempt runs in a SAVEPOINT: when a concurrent publisher commits the same number first,
     only that attempt is undone and the next number is tried; the caller's other work in the
     transaction stays. The folder is published once the row is in; if the transaction then
     rolls back, the folder is removed with it."""
     size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
-    if job_id is None:  # an upload; a job's model is counted but kept (admitted under quota)
-        quotas.reserve_bytes(session, owner, size)
+    quotas.reserve_bytes(session, owner, size, "the model version" if job_id is None else
+                         f"the model of job {job_id}")
     for _attempt in range(VERSION_ATTEMPTS):
         try:
             with session.begin_nested():
@@ -91,6 +106,9 @@ def publish_version(session: Session, store: ArtifactStore, owner: str, name: st
         store.publish(staging, key)
         on_rollback(session, lambda k=key: store.delete(k))
         on_commit(session, store.bump_generation)
+        detail = {"job_id": job_id} if job_id else {}
+        audit.record(session, tenant=owner, actor=actor, action="model_version.create",
+                     target=f"model/{name}/{version}", size_bytes=size, **detail)
         return mv
     raise conflict(f"Could not take a version number of {name}: too many concurrent "
                    "publishers; retry.")
@@ -113,28 +131,32 @@ def check_label(label: str) -> None:
 
 
 def set_label(session: Session, store: ArtifactStore, owner: str, name: str, label: str,
-              version: int) -> None:
+              version: int, *, actor: str) -> None:
     """Point `label` at `version` (which must exist); every process sees it after commit."""
     check_label(label)
     resolve(session, owner, name, version)
     upsert(session, ModelLabel, {"owner": owner, "name": name, "label": label,
                                  "version": version, "updated_at": utcnow()},
            ["owner", "name", "label"])
+    audit.record(session, tenant=owner, actor=actor, action="label.set",
+                 target=f"model/{name}/labels/{label}", version=version)
     on_commit(session, store.bump_generation)
 
 
 def delete_label(session: Session, store: ArtifactStore, owner: str, name: str,
-                 label: str) -> None:
+                 label: str, *, actor: str) -> None:
     row = session.get(ModelLabel, (owner, name, label))
     if row is None:
         raise not_found("Model label", f"{name}/labels/{label}")
     session.delete(row)
     session.flush()
+    audit.record(session, tenant=owner, actor=actor, action="label.delete",
+                 target=f"model/{name}/labels/{label}")
     on_commit(session, store.bump_generation)
 
 
 def delete_version(session: Session, store: ArtifactStore, owner: str, name: str,
-                   version: int) -> ModelVersion:
+                   version: int, *, actor: str) -> ModelVersion:
     """Remove version `version` of `name`: its row (and with it its stored bytes) now, its
     files once the transaction commits. 409 while a label points at it (move the label
     first) or a queued or running job reads it."""
@@ -157,6 +179,8 @@ def delete_version(session: Session, store: ArtifactStore, owner: str, name: str
     key = mv.artifact_key
     session.delete(mv)
     session.flush()
+    audit.record(session, tenant=owner, actor=actor, action="model_version.delete",
+                 target=f"model/{name}/{version}", size_bytes=mv.size_bytes)
     # Files go once the row is gone for good; every process re-resolves what it serves.
     on_commit(session, lambda: store.delete(key))
     on_commit(session, store.bump_generation)

@@ -59,22 +59,22 @@ MAX_DETAIL = 1000
 
 
 def create(session: Session, store: ArtifactStore, owner: str, name: str, staging: Path,
-           upload: ReceivedFile, max_bytes: int | None = None) -> ModelVersion:
+           upload: ReceivedFile, *, actor: str) -> ModelVersion:
     """Check the upload (received as `staging`/model.keras), then publish the staging folder as
-    version n+1 of `name`. `max_bytes` bounds the archive's members together, uncompressed
-    (None: KJ_MAX_UPLOAD_BYTES). The caller removes `staging`; a failure here publishes
-    nothing: no row, no file."""
+    version n+1 of `name`, recorded as `actor`'s. The tenant's largest upload (max_upload_bytes)
+    bounds the file and the archive's members together, uncompressed. The caller removes
+    `staging`; a failure here publishes nothing: no row, no file."""
+    limit = registry.upload_limit(session, owner, upload.size)
     if upload.filename.lower().endswith(HDF5_SUFFIXES):
         raise _hdf5_refused()
     path = upload.path
     with path.open("rb") as f:
         if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
             raise _hdf5_refused()
-    limit = get_settings().max_upload_bytes if max_bytes is None else max_bytes
     config = read_config(path, limit)
     check_weights(path, limit, FILE_POINTER)
     _load_checked(path, config)
-    return registry.publish_version(session, store, owner, name, staging)
+    return registry.publish_version(session, store, owner, name, staging, actor=actor)
 
 
 def _hdf5_refused() -> DomainError:

@@ -24,8 +24,7 @@ def create_spec(
     """Validate a model spec, build it, and store it with its parameter count and summary."""
 
     def create() -> SpecRead:
-        spec = service.create(session, caller.owner, body)
-        caller.audit(session, "spec.create", f"spec/{spec.id}", name=spec.name)
+        spec = service.create(session, caller.owner, body, actor=caller.actor)
         response.headers["Location"] = f"/v1/specs/{spec.id}"
         return SpecRead.model_validate(spec)
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.auth import audit
 from app.core.db import get_owned, paginate
 from app.core.errors import FieldError, invalid
 from app.core.json_limits import check_storable, unstorable
@@ -34,7 +35,8 @@ build_slots = threading.BoundedSemaphore(BUILD_SLOTS)
 
 
 
-def create(session: Session, owner: str, body: dict[str, Any]) -> Spec:
+def create(session: Session, owner: str, body: dict[str, Any], *, actor: str) -> Spec:
+    """Validate and build the spec, then record it (in the audit log too, as `actor`'s)."""
     # The body is stored as sent: a NaN, an Infinity or a NUL the database refuses is a 422
     # here, pointing at the value, not a 500 at the INSERT.
     check_storable(body, max_abs=FLOAT32_MAX)
@@ -61,6 +63,8 @@ def create(session: Session, owner: str, body: dict[str, Any]) -> Spec:
                 total_params=summary["total_params"], trainable_params=summary["trainable_params"])
     session.add(spec)
     session.flush()
+    audit.record(session, tenant=owner, actor=actor, action="spec.create", target=f"spec/{spec.id}",
+                 name=spec.name)
     return spec
 
 

@@ -14,11 +14,19 @@ Each run is one attempt of the job (state.claim). It ends the job, or hands it b
 worker shuts down (checkpoint first), or stops writing at once when the job was taken from it
 (a process taken as dead that was not). `max_runtime_s` counts the running time of all the
 job's attempts; past it the job fails and nothing is saved.
+
+What a job keeps (a fit's model version, a predict job's output dataset) counts against its
+tenant's stored-bytes quota like an upload: checked before the work starts, so a job whose
+result cannot be kept fails without training or predicting (a fit's model needs at least its
+weights' bytes), and again, exactly, when the result is recorded (the job then fails and
+nothing is kept). Both checks are the registry's and the datasets' services'; what a job
+records is in the audit log as done by `job/<id>`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -172,6 +180,8 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
         assert p.from_model_version_id is not None
         model = _load_version(p.from_model_version_id, store, compile=True)
         keep_loss_scaling(model)
+    with session_scope() as s:  # before any training: a model that cannot be kept is not made
+        registry.check_room(s, job.owner, _weights_bytes(model))
     canceller = CancelOnFlag(watcher.requested)
     checkpointer = SafeBackupAndRestore(
         store.path(store.checkpoint_key(job.id)),
@@ -215,6 +225,18 @@ def _fit(job: Job, p: FitJobParams, store: ArtifactStore, watcher: CancelWatcher
     result: dict[str, Any] = {"seed": seed, "best_epoch": epoch}
     metrics = {k: v for k, v in logs.items() if v is not None}
     _save_version(job, p.spec_id or job.spec_id, store, model, metrics, result)
+
+
+def _weights_bytes(model: Any) -> int:
+    """What the model's weights take: a `.keras` file holds them and more."""
+    import tensorflow as tf
+
+    return sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size for v in model.weights)
+
+
+def _actor(job: Job) -> str:
+    """Who the audit log says recorded what a job keeps."""
+    return f"job/{job.id}"
 
 
 def _held_epoch(recorder: Any, keep_best: Any, callbacks: list[Any]
@@ -306,8 +328,8 @@ def _save_version(job: Job, spec_id: str | None, store: ArtifactStore, model: An
             model.save(store.model_file(staging))
             with session_scope() as s:
                 mv = registry.publish_version(s, store, job.owner, model_name, staging,
-                                              metrics=metrics, job_id=job.id, spec_id=spec_id,
-                                              best_epoch=result.get("best_epoch"))
+                                              actor=_actor(job), metrics=metrics, job_id=job.id,
+                                              spec_id=spec_id, best_epoch=result.get("best_epoch"))
                 done = {**result, "metrics": metrics, "model": f"{mv.name}/{mv.version}"}
                 if not state.finish(job.id, JobStatus.succeeded, result=done, session=s,
                                     attempt=job.attempt, model_version=mv.version):
@@ -347,6 +369,8 @@ def _predict(job: Job, p: PredictJobParams, store: ArtifactStore, watcher: Cance
     """`model.predict(x, batch_size)` chunk by chunk into a staging folder, then in one
     transaction record the predictions as a new dataset and mark the job succeeded."""
     assert job.dataset_id is not None
+    with session_scope() as s:  # before any predicting: output that cannot be kept is not made
+        datasets.check_room(s, job.owner)
     arrays = _arrays(job.dataset_id, store)
     model = _load_version(p.model_version_id, store, compile=False)
 
@@ -363,7 +387,8 @@ def _predict(job: Job, p: PredictJobParams, store: ArtifactStore, watcher: Cance
         check_cancel()  # a cancel that came during the last chunk still wins
         with session_scope() as s:
             name = f"{p.output_name} of {job.model_name}/{job.model_version} on {job.dataset_id}"
-            dataset = datasets.record_output(s, store, job.owner, name, out_dir, source=job.id)
+            dataset = datasets.record_output(s, store, job.owner, name, out_dir, source=job.id,
+                                             actor=_actor(job))
             result = {"dataset_id": dataset.id, "rows": written.rows, "arrays": dataset.arrays}
             if not state.finish(job.id, JobStatus.succeeded, result=result, session=s,
                                 attempt=job.attempt):

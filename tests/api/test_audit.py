@@ -85,14 +85,17 @@ def test_every_change_is_in_the_audit_log_with_who_when_and_the_request(
     # record what it does).
     assert {route for route, *_ in done} == _changing_routes(client.app)
 
-    # Read with the suite's admin key (another tenant's): the tenant's events, newest first.
+    # Read with the suite's admin key (another tenant's): the tenant's events, newest first;
+    # the oldest is the tenant's key, made as the CLI makes one (recorded by keys.create).
     page = client.get("/v1/audit", params={"tenant": tenant, "limit": 500}).json()
-    events = page["items"]
-    assert page["total"] == len(done) == len(events)
+    *events, made_here = page["items"]
+    assert page["total"] == len(done) + 1 == len(events) + 1
+    assert (made_here["action"], made_here["target"], made_here["actor"]) == \
+        ("key.create", f"key/{key_name}", "tests")
     assert [(e["action"], e["target"], e["request_id"]) for e in events] == \
         [(action, target, rid) for _route, action, target, rid in reversed(done)]
     assert {e["actor"] for e in events} == {key_name}
-    assert {e["tenant"] for e in events} == {tenant}
+    assert {e["tenant"] for e in page["items"]} == {tenant}
     times = [datetime.fromisoformat(e["at"]) for e in events]
     assert times == sorted(times, reverse=True)
     ids = [e["id"] for e in events]
@@ -108,7 +111,7 @@ def test_every_change_is_in_the_audit_log_with_who_when_and_the_request(
     cancels = client.get("/v1/audit", params={"tenant": tenant, "action": "job.cancel"}).json()
     assert [e["target"] for e in cancels["items"]] == [f"job/{job['id']}"]
     second = client.get("/v1/audit", params={"tenant": tenant, "limit": 1, "offset": 1}).json()
-    assert second["items"] == [events[1]] and second["total"] == len(done)
+    assert second["items"] == [events[1]] and second["total"] == len(done) + 1
 
 
 def _target(action: str, answer: Any) -> str:
@@ -154,5 +157,7 @@ def test_nothing_refused_is_recorded(client: Any) -> None:
                                       "dataset_id": "ds_missing", "epochs": 1},
                     headers={"Authorization": f"Bearer {key}"})
     assert r.status_code in (404, 422), r.text
-    assert client.get("/v1/audit", params={"tenant": tenant}).json()["items"] == []
+    # Only the key it was sent with is recorded.
+    events = client.get("/v1/audit", params={"tenant": tenant}).json()["items"]
+    assert [(e["action"], e["target"]) for e in events] == [("key.create", f"key/{tenant}-w")]
 

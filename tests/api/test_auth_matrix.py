@@ -408,7 +408,7 @@ def revoked_key(world: World) -> str:
 
     raw = make_key(world.a, f"{world.a}-revoked", ["admin"])
     with session_scope() as s:
-        keys.revoke(s, f"{world.a}-revoked")
+        keys.revoke(s, f"{world.a}-revoked", actor="tests")
     return raw
 
 

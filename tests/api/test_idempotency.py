@@ -188,10 +188,10 @@ def test_key_in_progress_is_a_409_at_once(client: Any, monkeypatch: pytest.Monke
     inside, release = threading.Event(), threading.Event()
     real = service.create
 
-    def held(*args: Any) -> Any:
+    def held(*args: Any, **kwargs: Any) -> Any:
         inside.set()
         assert release.wait(30)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(service, "create", held)
     key = new_key()

@@ -47,7 +47,7 @@ class Served:
         from app.core.db import session_scope
 
         with session_scope() as s:
-            quotas.set_overrides(s, self.tenant, values)
+            quotas.set_overrides(s, self.tenant, values, actor="tests")
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

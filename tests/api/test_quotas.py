@@ -5,11 +5,8 @@ Each test has a tenant of its own, so no quota of one test touches another."""
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,12 +17,12 @@ import numpy as np
 import pytest
 
 from tests.helpers import (
-    ROOT,
     SEED_SPEC,
     assert_problem,
     make_key,
     npz_bytes,
     reset_caches,
+    start_worker,
     stop_process,
     stored_files,
     table_counts,
@@ -358,10 +355,8 @@ def two_slot_worker(service_env: dict[str, str], client: Any, tmp_path: Path,
     monkeypatch.setenv("KJ_QUEUE", queue)
     reset_caches()
     log_path = tmp_path / "worker.log"
-    env = {**os.environ, **service_env, "KJ_QUEUE": queue, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--concurrency", "2"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = start_worker({**service_env, "KJ_QUEUE": queue, "KJ_TENANT_BUSY_RETRY_S": "1"},
+                        log_path, "--concurrency", "2")
     try:
         yield log_path
     finally:
@@ -402,7 +397,50 @@ def test_past_the_running_jobs_quota_the_next_job_waits_queued_then_runs(
     assert tenant.post(f"/v1/jobs/{long_job['id']}:cancel").status_code == 202
     done = wait_for_job(tenant, long_job["id"], timeout=60)
     assert done["status"] == "cancelled" and running["started_at"]
-    # Its message comes back (every 10 s) and finds the slot free.
+    # Its message comes back (every second here) and finds the slot free.
     short = wait_for_job(tenant, short_job["id"], timeout=120)
     assert short["status"] == "succeeded", short
     assert short["started_at"] >= done["finished_at"]
+
+
+# --- what a job keeps: within the stored-bytes quota, checked before the work --------------
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("worker")
+def test_a_job_whose_result_would_pass_the_stored_bytes_quota_fails_naming_it(
+        client: Any, tenant: Tenant, service_env: dict[str, str], keras_file: bytes) -> None:
+    root = Path(service_env["KJ_ARTIFACT_ROOT"])
+    ds = tenant.upload("kept", **_data()).json()
+    stored, spec_id = ds["stored_bytes"], tenant.spec()
+
+    # Room for less than the model's weights (Dense(1) on 2 inputs: 3 float32s, 12 bytes): the
+    # job is admitted (the tenant is under its quota) and fails before it trains.
+    tenant.quotas(max_stored_bytes=stored + 4)
+    early = wait_for_job(tenant, tenant.fit(spec_id, ds["id"], epochs=2).json()["id"])
+    assert early["status"] == "failed" and early["epoch"] == 0, early
+    assert f"would store {stored + 12} bytes (the job's model" in early["error"]
+    assert "max_stored_bytes" in early["error"]
+
+    # Room for the weights, not for the `.keras` file: trained, then refused when saved.
+    tenant.quotas(max_stored_bytes=stored + 1000)
+    late = wait_for_job(tenant, tenant.fit(spec_id, ds["id"], epochs=2).json()["id"])
+    assert late["status"] == "failed" and late["epoch"] == 2, late
+    assert f"(the model of job {late['id']} adds" in late["error"]
+    assert "max_stored_bytes" in late["error"] and late["model_version"] is None
+    assert tenant.get("/v1/models").json()["items"] == []
+    assert not (root / "models" / tenant.name).exists()
+
+    # A predict job's output: computed, then refused when recorded; nothing kept.
+    tenant.quotas(max_stored_bytes=None)
+    r = tenant.post("/v1/models/kept/versions", files={"file": ("m.keras", keras_file)})
+    assert r.status_code == 201, r.text
+    stored = client.get(f"/v1/tenants/{tenant.name}/quotas").json()["usage"]["stored_bytes"]
+    tenant.quotas(max_stored_bytes=stored + 100)  # 100 rows x 4 bytes do not fit
+    datasets_before = set((root / "datasets").iterdir())
+    predict = {"type": "predict", "model": "kept", "dataset_id": ds["id"], "x": "x"}
+    refused = wait_for_job(tenant, tenant.post("/v1/jobs", json=predict).json()["id"])
+    assert refused["status"] == "failed", refused
+    assert f"(the output of job {refused['id']} adds" in refused["error"]
+    assert set((root / "datasets").iterdir()) == datasets_before
+    assert [d["name"] for d in tenant.get("/v1/datasets").json()["items"]] == ["kept"]
+    assert client.get(f"/v1/tenants/{tenant.name}/quotas").json()["usage"]["stored_bytes"] == stored

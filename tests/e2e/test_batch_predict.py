@@ -100,6 +100,10 @@ def test_predictions_are_a_new_dataset_equal_to_model_predict(
     assert dataset["format"] == "npy" and dataset["filename"] == job["id"]
     np.testing.assert_allclose(_stored(service_env, result["dataset_id"], "predictions"),
                                _reference(single, x), atol=1e-5, rtol=0)
+    # Recorded in the audit log as the job's doing, like an upload.
+    events = client.get("/v1/audit", params={"action": "dataset.create", "limit": 100}).json()
+    [made] = [e for e in events["items"] if e["target"] == f"dataset/{result['dataset_id']}"]
+    assert made["actor"] == f"job/{job['id']}" and made["detail"]["stored_bytes"] > 0
 
 
 def test_several_inputs_and_outputs(client: Any, multi: Uploaded,

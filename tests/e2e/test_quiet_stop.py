@@ -40,29 +40,20 @@ def test_ctrl_c_stops_serve_with_one_warm_shutdown(service_env: dict[str, str], 
     `exitcode 70` was reported on one stop in two (the second stop comes sooner after start)."""
     import os
     import signal
-    import subprocess
-    import sys
 
-    from tests.helpers import ROOT, free_port
+    from tests.serve_process import ServeProcess
 
     env = {**os.environ, **service_env, "TF_CPP_MIN_LOG_LEVEL": "2"}
     for round_ in range(2):
-        log_path = tmp_path / f"serve-{round_}.log"
-        with log_path.open("wb") as log:
-            # Its own process group, as a shell gives a foreground command.
-            proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port",
-                                     str(free_port())], env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        serve = ServeProcess(env, tmp_path / f"round-{round_}", stop_signal=signal.SIGINT,
+                             own_group=True).start()
         try:
-            _wait_for(log_path, "ready.")
+            _wait_for(serve.log_path, "ready.")
             if round_ == 1:
                 time.sleep(0.5)  # the pool child may still be importing TensorFlow
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(60)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        text = log_path.read_text(errors="replace")
+            status = serve.stop(timeout=60)
+        text = serve.log()
+        assert status != -signal.SIGKILL, f"not stopped within 60 s:\n{text[-4000:]}"
         assert text.count("Warm shutdown") <= 1, text[-4000:]
         assert "exitcode 70" not in text, text[-4000:]

@@ -20,8 +20,15 @@ def trained(client: Any) -> dict[str, Any]:
     return run_tutorial(client, "seed-linear-pg")
 
 
-def test_tutorial_scenario(trained: dict[str, Any]) -> None:
-    assert trained["fit"]["status"] == "succeeded"  # run_tutorial asserts each step
+def test_tutorial_scenario(client: Any, trained: dict[str, Any]) -> None:
+    fit = trained["fit"]
+    assert fit["status"] == "succeeded"  # run_tutorial asserts each step
+    # Its model version is in the audit log as the job's doing, like an upload.
+    events = client.get("/v1/audit", params={"action": "model_version.create",
+                                             "limit": 100}).json()["items"]
+    target = f"model/{fit['model_name']}/{fit['model_version']}"
+    [made] = [e for e in events if e["target"] == target and e["tenant"] == "local"]
+    assert made["actor"] == f"job/{fit['id']}" and made["detail"]["job_id"] == fit["id"]
 
 
 def test_predict_wrong_shape_names_expected_shape(client: Any, trained: dict[str, Any]) -> None:

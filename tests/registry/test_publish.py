@@ -59,7 +59,8 @@ def test_racing_publishers_take_distinct_versions(database: str) -> None:
                 if before:
                     before(s)
                 store.model_file(staging).write_bytes(who.encode())
-                versions[who] = publish_version(s, store, "local", name, staging).version
+                versions[who] = publish_version(s, store, "local", name, staging,
+                                                 actor="tests").version
                 if after:
                     after()
         except BaseException as exc:  # reported by the main thread

@@ -4,9 +4,7 @@ file's config.json: also the call arguments a functional model records in `inbou
 from __future__ import annotations
 
 import copy
-import io
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 
 from app.core.errors import DomainError
 from app.specs.keras_config import check_keras_config
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, edited_keras_file
 
 COMPILE = {"optimizer": "adam", "loss": "mse"}
 # Objects a config could smuggle into a call's arguments, each refused wherever it appears.
@@ -139,18 +137,8 @@ def _keras_file(tmp_path: Path, edit: Any) -> bytes:
     """A real `.keras` file of the functional model, its config.json edited."""
     import keras
 
-    path = tmp_path / "m.keras"
-    keras.models.model_from_json(json.dumps(_functional())).save(path)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(buf, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename == "config.json":
-                config = json.loads(data)
-                edit(config)
-                data = json.dumps(config).encode()
-            dst.writestr(info.filename, data)
-    return buf.getvalue()
+    return edited_keras_file(keras.models.model_from_json(json.dumps(_functional())), tmp_path,
+                             edit)
 
 
 @pytest.mark.parametrize("case", ["tfsm-layer", "os-system", "lambda-layer"])

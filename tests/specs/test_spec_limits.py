@@ -4,11 +4,9 @@ a spec is linear in its layers and runs beside other checks, not behind them."""
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import pytest
 from app.core.config import get_settings
 from app.specs.builder import build_model
 from app.specs.limits import MAX_STRING_CHARS, weightless
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, edited_keras_file
 
 COMPILE = {"optimizer": "adam", "loss": "mse"}
 INPUTS = [{"name": "x", "shape": [4]}]
@@ -140,18 +138,8 @@ def test_spec_too_large(client: Any, unchanged: None) -> None:
 def _keras_file(tmp_path: Path, edit: Any) -> bytes:
     import keras
 
-    path = tmp_path / "m.keras"
-    keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(2)]).save(path)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(buf, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename == "config.json":
-                config = json.loads(data)
-                edit(config)
-                data = json.dumps(config).encode()
-            dst.writestr(info.filename, data)
-    return buf.getvalue()
+    model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(2)])
+    return edited_keras_file(model, tmp_path, edit)
 
 
 def _huge_dense(config: dict[str, Any]) -> None:
