@@ -2,9 +2,9 @@
 
 `to_json([keras.callbacks.EarlyStopping(patience=3), ...])` gives
 `[{"type": "EarlyStopping", "patience": 3, ...}]`: what the service runs or maps
-(README, "Callbacks"). A callback the service cannot run raises KerasJobsError saying what
-to use instead, before anything is sent. Dicts pass as they are. Keras is imported only when
-an object has to be read."""
+(docs/specs-and-jobs.md, "Callbacks"). A callback the service cannot run raises KerasJobsError
+saying what to use instead, before anything is sent. Dicts pass as they are. Keras is imported
+only when an object has to be read."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Keras's own callback, or the service's equivalent of the one a notebook would us
 - CSVLogger: one CSV line per epoch in the job's log (GET /v1/jobs/{id}/logs); `filename` is
   never opened.
 - BackupAndRestore: accepted, nothing to add: every fit job is checkpointed at each epoch's
-  end and resumes from there (README, "Reliability").
+  end and resumes from there (docs/deployment.md, "What survives what").
 
 Anything else is refused with what to use instead.
 """

@@ -96,7 +96,7 @@ DATA_MARKERS = frozenset({"__keras_tensor__", "__numpy__", "__tensor__"})
 # What to use instead of a class that is not a Keras built-in (user code is never run).
 INSTEAD: dict[Category, str] = {
     "layer": "a custom layer is Python code, which the service never runs: build it from "
-             "built-in layers (a graph spec chains any of them; README, \"Model specs\")",
+             "built-in layers (a graph spec chains any of them: docs/specs-and-jobs.md)",
     "loss": "a custom loss is Python code, which the service never runs: use a built-in "
             "keras.losses class or name, and loss_weights, sample_weight or class_weight to "
             "weigh it",

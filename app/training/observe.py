@@ -1,7 +1,7 @@
 """Callbacks a fit job gets for being watched from outside: epoch durations for Prometheus,
 and, with the job option `tensorboard`, TensorBoard event files in the artifact store.
 Imported only in the worker's child (it imports Keras). Neither touches the random state, so
-the job's numbers stay those of plain Keras (README, "Reproducing a fit job")."""
+the job's numbers stay those of plain Keras (docs/specs-and-jobs.md, "Reproducing a fit job")."""
 
 from __future__ import annotations
 

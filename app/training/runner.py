@@ -1,6 +1,6 @@
 """Runs one fit, evaluate or predict job in the worker's child process.
 
-A fit job makes exactly these Keras calls (README, "Reproducing a fit job"):
+A fit job makes exactly these Keras calls (docs/specs-and-jobs.md, "Reproducing a fit job"):
 
     keras.utils.set_random_seed(seed)
     model = <spec built as in POST /v1/specs>; model.compile(**spec["compile"])

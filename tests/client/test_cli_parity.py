@@ -82,21 +82,22 @@ def test_keys_without_a_url_say_which_home_and_what_stays_with_local(
     assert second.returncode == 0 and "tenant 'local'" not in second.stderr
 
 
-def readme_cli_files() -> str:
-    """The README's CLI block up to where its files (spec.json, job.json) are written."""
-    text = (ROOT / "README.md").read_text()
+def docs_cli_files() -> str:
+    """The CLI block of docs/client-and-cli.md up to where its files (spec.json, job.json) are
+    written."""
+    text = (ROOT / "docs" / "client-and-cli.md").read_text()
     section = text[text.index("The same client is behind the client commands"):]
     block = section[section.index("```bash\n") + len("```bash\n"):]
     end = block.index("\nEOF\n", block.index("cat > job.json")) + len("\nEOF\n")
     return block[:end]
 
 
-def test_the_readme_cli_files_are_defined_and_accepted(url: str, tmp_path: Path) -> None:
+def test_the_docs_cli_files_are_defined_and_accepted(url: str, tmp_path: Path) -> None:
     x, y = two_classes(n=50)
     np.savez(tmp_path / "two-classes.npz", x=x, y=y)
     env = {**os.environ, "KJ_URL": url, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    shell = readme_cli_files() + "keras-jobs specs show $SPEC --json >shown.json\n" \
+    shell = docs_cli_files() + "keras-jobs specs show $SPEC --json >shown.json\n" \
         "keras-jobs jobs submit job.json --json >job-answer.json\n"
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", shell], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)

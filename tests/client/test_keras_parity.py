@@ -28,7 +28,8 @@ def small_model(seed: int) -> Any:
 
     keras.utils.set_random_seed(seed)
     # No Dropout: Keras does not save a SeedGenerator's state in the .keras file, so a layer
-    # drawing random numbers while training draws the worker's own seeded stream (README).
+    # drawing random numbers while training draws the worker's own seeded stream
+    # (docs/client-and-cli.md).
     model = keras.Sequential([keras.Input(shape=(2,)), keras.layers.Dense(4, activation="relu"),
                               keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["binary_accuracy"])

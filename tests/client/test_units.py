@@ -370,16 +370,17 @@ def test_predict_halves_its_requests_after_a_413() -> None:
     assert sizes[0] == 1000 and max(sizes[1:]) == 300 and sum(sizes[1:]) == 1000
 
 
-def test_the_readmes_client_calls_fit_the_clients_signatures() -> None:
-    """The README's client block (not run: it needs a service and MobileNetV2's weights) calls
-    only methods the client has, with arguments their signatures take."""
+def test_the_docs_client_calls_fit_the_clients_signatures() -> None:
+    """The client example of docs/client-and-cli.md (not run: it needs a service and
+    MobileNetV2's weights) calls only methods the client has, with arguments their signatures
+    take."""
     import inspect
     import re
 
     from keras_jobs import Client
 
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Python client and CLI"):]
+    text = (ROOT / "docs" / "client-and-cli.md").read_text()
+    section = text[text.index("## Python client"):]
     block = re.search(r"```python\n(.*?)```", section, re.S)
     assert block is not None
     calls = [node for node in ast.walk(ast.parse(block.group(1)))

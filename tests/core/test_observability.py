@@ -281,7 +281,7 @@ def test_unknown_model_names_share_one_series() -> None:
 
 def test_hot_path_cost_is_microseconds() -> None:
     """The predict hook and the request-id middleware together, per request (a loose bound
-    for a loaded machine; typically 5-10 µs, see the report in the README's section)."""
+    for a loaded machine; typically 5-10 µs, see docs/observability.md)."""
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
 

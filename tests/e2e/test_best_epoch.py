@@ -53,7 +53,7 @@ def rows(client: Any) -> dict[str, Any]:
 
 def _keras_run(spec: dict[str, Any], rows: dict[str, Any], target: str, seed: int,
                callbacks: list[Any]) -> dict[str, list[float]]:
-    """What the worker runs (README, "Reproducing a fit job"), in this process."""
+    """What the worker runs (docs/specs-and-jobs.md, "Reproducing a fit job"), in this process."""
     import keras
 
     from app.specs.builder import build_compiled

@@ -48,7 +48,7 @@ def test_predict_wrong_shape_names_expected_shape(client: Any, trained: dict[str
 
 
 def keras_reference(x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, list[float]]:
-    """What a user runs in a notebook, following the README's 'Reproducing a fit job'."""
+    """What a user runs in a notebook, following docs/specs-and-jobs.md, 'Reproducing a fit job'."""
     import keras
 
     n = len(x)
