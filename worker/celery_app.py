@@ -47,10 +47,20 @@ _quiet_root_warning()
 def _warm_child(**_kwargs: Any) -> None:
     """Import TensorFlow in the fresh child while it waits for a job (never in the parent:
     TensorFlow is not fork-safe), and let GPU memory grow instead of taking it all. The
-    hand-back signals come first: the parent may send them while TensorFlow loads."""
-    from app.training.cancel import install_hand_back_signals
+    hand-back signal is set aside first: the parent may send it while TensorFlow loads."""
+    from app.training.cancel import idle_child_signals
 
-    install_hand_back_signals()
+    idle_child_signals()
+    _import_tensorflow()
+
+    from app.core.db import get_engine
+
+    # The parent's pooled connections must not be shared across the fork.
+    get_engine().dispose(close=False)
+    log.info("pool process %d warm: TensorFlow loaded", os.getpid())
+
+
+def _import_tensorflow() -> None:
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):
@@ -59,11 +69,6 @@ def _warm_child(**_kwargs: Any) -> None:
         except RuntimeError:  # already initialized
             log.warning("could not set memory growth on %s", gpu.name)
     import keras  # noqa: F401
-
-    from app.core.db import get_engine
-
-    # The parent's pooled connections must not be shared across the fork.
-    get_engine().dispose(close=False)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

@@ -36,26 +36,40 @@ class StopReason(enum.StrEnum):
 # Set in a worker's child when its worker is shutting down (SIGTERM to the worker: a deploy, a
 # scale-down): the running job checkpoints at its next batch and is handed back.
 HAND_BACK = threading.Event()
-# Set while a job runs in this process (a watcher is active).
-_RUNNING = threading.Event()
 
 
-def install_hand_back_signals() -> None:
-    """In a worker's child: SIGUSR2 (sent by the parent when its warm shutdown starts) and a
-    first SIGTERM while a job runs (the whole process group stopped at once, as systemd does)
-    ask the running job to hand itself back. SIGTERM to an idle child, or a second one, ends
-    the process as usual (the pool's own terminate relies on that)."""
+def idle_child_signals() -> None:
+    """In a worker's fresh child: SIGUSR2 (the parent's warm shutdown asks every child to hand
+    its job back) is ignored while no job runs. The pool turns any other handler of it into an
+    exit, and that exit beside the pool's own stop signal ends the child with "exitcode 70"."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        if signum == signal.SIGTERM:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            if not _RUNNING.is_set():
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-        HAND_BACK.set()
 
-    signal.signal(signal.SIGUSR2, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+def _on_stop_signal(signum: int, _frame: Any) -> None:
+    """While a job runs: SIGUSR2, or a first SIGTERM (the whole process group stopped at once, as
+    systemd does), asks the job to hand itself back; a second SIGTERM ends the process."""
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    HAND_BACK.set()
+
+
+class _JobSignals:
+    """The hand-back handlers for the time a job runs in this process's main thread (a job run
+    on another thread, as in-process tests do, leaves signals alone: Python allows no other)."""
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.saved: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {sig: signal.signal(sig, _on_stop_signal) for sig in self.SIGNALS}
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        self.saved = {}
 
 
 class CancelWatcher:
@@ -73,16 +87,17 @@ class CancelWatcher:
         self.requested = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"watch-{job_id}", daemon=True)
+        self._signals = _JobSignals()
 
     def __enter__(self) -> CancelWatcher:
-        _RUNNING.set()
+        self._signals.__enter__()
         self._thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        _RUNNING.clear()
+        self._signals.__exit__()
 
     def stop_for(self, reason: StopReason) -> None:
         """Ask the job to stop (the first reason wins)."""
