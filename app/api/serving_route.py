@@ -16,7 +16,7 @@ request straight to the ServingRoute that the route table (app.api.route_access,
 and order the router uses, already asked by authentication) found for it.
 
 A `@serving` endpoint may take only its path parameters, the caller (`CallerDep`) and the
-Request, and returns a Response: checked when the route is built."""
+Request (checked when the route is built), and returns a Response."""
 
 from __future__ import annotations
 
