@@ -21,6 +21,7 @@ from app.api.db_waits import BoundedDatabaseWaits
 from app.api.json_depth import JsonDepthLimit
 from app.api.metrics import router as metrics_router
 from app.api.request_id import RequestId
+from app.api.serving_route import find_serving_routes_first
 from app.core.broker import check_broker
 from app.core.config import get_settings
 from app.core.db import probe
@@ -31,10 +32,12 @@ from app.core.storage import get_store
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
 from app.plots.router import router as plots_router
-from app.predict.router import PredictFastPath
 from app.predict.router import router as predict_router
+from app.predict.served import ServedModels
 from app.predict.service import get_serving, import_tensorflow, start_preload
+from app.predict.v2_router import router as v2_router
 from app.registry.router import router as models_router
+from app.registry.router import use_served
 from app.specs.router import router as specs_router
 from app.ui.router import router as ui_router
 
@@ -85,15 +88,15 @@ def create_app() -> FastAPI:
         docs_url=None, redoc_url=None,
     )
     problems.install(app)
-    # Added first, so it sits inside PredictFastPath: predict requests never pass through it.
     app.add_middleware(JsonDepthLimit)
-    app.add_middleware(PredictFastPath)
-    app.add_middleware(Authenticate)  # before the fast path: predict is checked the same way
+    app.add_middleware(Authenticate)
     app.add_middleware(BoundedDatabaseWaits)  # around everything that reads the database
-    app.add_middleware(RequestId)  # outermost: every request, predict included, gets an id
+    app.add_middleware(RequestId)  # outermost: every request gets an id
     for router in (specs_router, datasets_router, jobs_router, models_router, predict_router,
-                   plots_router, ui_router, metrics_router, admin_router):
+                   v2_router, plots_router, ui_router, metrics_router, admin_router):
         app.include_router(router)
+    find_serving_routes_first(app)  # :predict and /infer without the router's scan
+    use_served(app, ServedModels())
     _document_problems(app)
 
     @app.get("/healthz", tags=["health"])

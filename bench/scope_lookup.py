@@ -1,7 +1,8 @@
-"""What deciding a predict request's scope, rate class and fast-path route costs per request,
+"""What deciding a predict request's scope, rate class and serving route costs per request,
 in process (no HTTP): the route table (app.api.route_access, remembered per method and path,
-and a path seen for the first time), against the suffix rules and regexes it replaced, kept
-here verbatim as the baseline and measured in the same run. The new figures include the
+and a path seen for the first time) and the serving route's arguments
+(app.api.serving_route.FoundServingRoute), against the suffix rules and regexes they replaced,
+kept here verbatim as the baseline and measured in the same run. The new figures include the
 control-character check the baseline did not make.
 
 Usage: python bench/scope_lookup.py [--number 50000]
@@ -15,9 +16,9 @@ import re
 import timeit
 from typing import Any
 
+from app.api.deps import CALLER_STATE, OPEN_CALLER
 from app.api.route_access import CONTROL, FOUND_STATE, route_table
 from app.main import create_app
-from app.predict.router import _fast_route
 from app.predict.service import Ref
 
 # --- the baseline: how the scope was decided before (from how the path ends) ----------------
@@ -47,24 +48,25 @@ def main() -> None:
     n = parser.parse_args().number
     app = create_app()
     table = route_table(app)
+    serving_route = app.routes[0]  # FoundServingRoute
     path = "/v1/models/seed-linear:predict"
 
     def new() -> None:
         scope: dict[str, Any] = {"type": "http", "method": "POST", "path": path,
-                                 "root_path": "", "app": app}
+                                 "root_path": "", "app": app, "state": {CALLER_STATE: OPEN_CALLER}}
         CONTROL.search(path)
         scope[FOUND_STATE] = table.find(scope)
-        _fast_route(scope)
+        serving_route.matches(scope)
 
     counter = itertools.count()
 
     def first_seen() -> None:
         p = f"/v1/models/m{next(counter)}:predict"
         scope: dict[str, Any] = {"type": "http", "method": "POST", "path": p, "root_path": "",
-                                 "app": app}
+                                 "app": app, "state": {CALLER_STATE: OPEN_CALLER}}
         CONTROL.search(p)
         scope[FOUND_STATE] = table.find(scope)
-        _fast_route(scope)
+        serving_route.matches(scope)
 
     def old() -> None:
         scope: dict[str, Any] = {"type": "http", "method": "POST", "path": path,

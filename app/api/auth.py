@@ -1,8 +1,8 @@
 """Authentication for every route but the public ones, before routing: a request without a
 valid key (or the scope its route needs) is answered here, before its body is read.
 
-A pure-ASGI middleware (inside RequestId, outside the predict fast path), so predict requests
-are checked the same way at the cost of a header scan, a stat() and two dict lookups. What a
+A pure-ASGI middleware (inside RequestId, before routing), so predict requests are checked
+the same way at the cost of a header scan, a stat() and two dict lookups. What a
 request needs comes from the route it matches (app.api.route_access), and a path holding a
 control character is a 400 before any of it."""
 

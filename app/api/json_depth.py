@@ -8,8 +8,9 @@ body"), pydantic's serialiser and the spec checker a few hundred levels earlier,
 pure-ASGI middleware reads the body of a JSON request first, and answers a body nested deeper
 than MAX_DEPTH with a 400 problem naming where; other bodies are handed on unchanged.
 
-Exactly the routes that read their bodies themselves are passed through untouched, matched
-by method and whole path (a label or a model named `infer` or `versions` is not one of them):
+The routes that read and bound their bodies themselves say so (`@reads_own_body`, or
+`@serving`, which implies it) and are passed through untouched, found as the router finds
+them (app.api.route_access: a label or a model named `infer` or `versions` is no such route):
 predict and the Open Inference Protocol's infer (the hot path, bounded by
 KJ_PREDICT_MAX_BODY_BYTES and parsed by app/predict/codec.py after their rows are counted),
 :classify and :regress (refused before their bodies are read), and the multipart uploads
@@ -19,29 +20,32 @@ Bodies FastAPI would not parse as JSON (no content type) are only counted.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import problem
+from app.api.route_access import found_route
 from app.core.config import get_settings
 from app.core.json_limits import MAX_DEPTH, too_deep
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# The POST routes that read their own bodies (app/predict/router.py, app/api/multipart.py),
-# matched whole (re.fullmatch: `$` would also match before a trailing newline). A name is one
-# path segment; the routes themselves check its pattern.
-_SEGMENT = r"[^/]+"
-_OWN_BODY = re.compile(
-    rf"/v1/models/[^/:]+(?:/versions/{_SEGMENT}|/labels/[^/:]+)?:(?:predict|classify|regress)"
-    rf"|/v2/models/{_SEGMENT}(?:/versions/{_SEGMENT})?/infer"
-    rf"|/v1/datasets|/v1/models/{_SEGMENT}/versions")
+# The attribute `reads_own_body` sets on a route's endpoint.
+OWN_BODY_ATTR = "__kj_own_body__"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def has_own_body_reader(method: str, path: str) -> bool:
-    """Whether a `method` request to `path` is one of the routes that bound and parse their
-    bodies themselves (and so skip this middleware)."""
-    return method == "POST" and _OWN_BODY.fullmatch(path) is not None
+def reads_own_body(endpoint: F) -> F:
+    """Declares, under the route's decorator, that it bounds and parses its body itself."""
+    setattr(endpoint, OWN_BODY_ATTR, True)
+    return endpoint
+
+
+def has_own_body_reader(scope: Scope) -> bool:
+    """Whether the route this request goes to bounds and parses its body itself (and so skips
+    this middleware)."""
+    return getattr(found_route(scope).endpoint, OWN_BODY_ATTR, False) is True
 
 
 def _is_json(scope: Scope) -> bool:
@@ -64,7 +68,7 @@ class JsonDepthLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["method"] not in BODY_METHODS
-                or has_own_body_reader(scope["method"], scope["path"])):
+                or has_own_body_reader(scope)):
             await self.app(scope, receive, send)
             return
         limit = get_settings().max_json_body_bytes

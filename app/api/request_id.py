@@ -2,9 +2,8 @@
 log formatter finds it (app.core.logs.request_id) for everything the request runs, and sent
 back in the response's headers.
 
-A pure-ASGI middleware, outermost, so predict requests (answered by PredictFastPath, around
-FastAPI) carry an id too; it costs a header scan, a token and a context variable, about a
-microsecond or two per request."""
+A pure-ASGI middleware, outermost, so every request carries an id, whatever answers it; it
+costs a header scan, a token and a context variable, about a microsecond or two per request."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The route a request matches, found in the app's one route table as Starlette's router finds
-it, and what that route needs (app.auth.access). Authentication and the predict fast path both
-ask here, so neither decides from how a path is spelled.
+it, and what that route needs (app.auth.access). Authentication, the JSON body checks and the
+serving routes' dispatch (app.api.serving_route) all ask here, so none decides from how a path
+is spelled.
 
 The table is FastAPI's own list of effective routes (`iter_route_contexts`: every included
 router's routes with their prefixes, in the order the router tries them); the first whose path
@@ -38,6 +39,7 @@ class Found:
     endpoint: Any
     access: Access
     params: dict[str, Any] = field(default_factory=dict)
+    route: Any = None  # the route object (an included router's route is its original)
 
 
 def access_of(route: Any, method: str) -> Access:
@@ -52,6 +54,7 @@ class _Entry:
     convertors: dict[str, Any]
     methods: frozenset[str] | None  # None: every method (a mount)
     endpoint: Any
+    route: Any
 
 
 class RouteTable:
@@ -65,7 +68,7 @@ class RouteTable:
             methods = context.methods
             self._entries.append(_Entry(path, pattern, convertors,
                                         None if methods is None else frozenset(methods),
-                                        context.endpoint))
+                                        context.endpoint, context.original_route))
         self._remembered: dict[tuple[str, str, str], Found] = {}
 
     def paths(self) -> list[tuple[str, frozenset[str] | None, Any]]:
@@ -95,7 +98,8 @@ class RouteTable:
             if match is not None:  # the first full match is the one the router calls
                 params = {k: entry.convertors[k].convert(v) for k, v in match.groupdict().items()}
                 return Found(entry.path, entry.endpoint,
-                             declared_access(entry.endpoint) or default_access(method), params)
+                             declared_access(entry.endpoint) or default_access(method), params,
+                             entry.route)
         return Found(None, None, default_access(method))
 
 

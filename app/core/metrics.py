@@ -5,8 +5,8 @@ Names follow Prometheus's conventions: the `keras_jobs_` prefix, base units in t
 What is known only at scrape time (jobs by status, queue depth) is computed then, by the API's
 collector (app/api/metrics.py); everything here is observed where it happens:
 
-- predict requests and their latency: the predict handlers (app/predict/metrics.py), in the
-  fast path and the FastAPI routes alike;
+- predict requests and their latency: the predict handlers (app/predict/metrics.py), however
+  their route was reached;
 - batches: each model's dynamic batcher, per batch (`batch_observer`);
 - loaded models and cache evictions: the model cache;
 - job and epoch durations: the worker (worker/observe.py, app/training/observe.py).

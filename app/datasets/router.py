@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from app.api import idempotency, problems
 from app.api.deps import CallerDep, PageDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotency import IdempotencyKeyDep
+from app.api.json_depth import reads_own_body
 from app.api.multipart import openapi_body, receive_file
 from app.api.schemas import Page
 from app.datasets import arrays, service
@@ -22,6 +23,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetRead,
              responses=problems.responses(413, 415),
              openapi_extra=openapi_body({"name": "optional; defaults to the file name"}))
+@reads_own_body
 async def upload_dataset(
     request: Request, caller: CallerDep, session: SessionDep, store: StoreDep,
     settings: SettingsDep, response: Response, key: IdempotencyKeyDep,

@@ -1,5 +1,5 @@
 """The predict handlers' metrics hook: requests by model, protocol and status code, and their
-latency, observed once per request whichever way it came (PredictFastPath or a FastAPI route).
+latency, observed once per request however its route was reached (app/api/serving_route.py).
 
 Cost: a clock read on each side, a dict lookup for the label set's children (prometheus's own
 `labels()` takes a lock and builds keys; the children are kept here instead), one counter

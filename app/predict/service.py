@@ -30,8 +30,8 @@ from app.core.storage import STORE, ArtifactStore
 from app.predict.batcher import BatcherClosed, BatchPolicy, Overloaded
 from app.predict.cache import LoadedModel, ModelCache, cache_key
 from app.predict.rows import too_many_rows
-from app.predict.schemas import ServingSettings
 from app.registry import service as registry
+from app.registry.schemas import ServingSettings
 from app.tables import ModelServing
 from app.tables.base import utcnow
 

@@ -118,6 +118,7 @@ def test_a_dataset_member_named_with_a_newline_is_refused(setup: Setup) -> None:
 def test_no_name_regex_takes_a_trailing_newline() -> None:
     from pydantic import Field, TypeAdapter, ValidationError
 
+    from app.api.serving_route import ServingRoute
     from app.auth import keys
     from app.datasets import ingest
     from app.jobs.schemas import ArrayName
@@ -129,7 +130,6 @@ def test_no_name_regex_takes_a_trailing_newline() -> None:
 
     for pattern, good in ((ingest.NAME_RE, "x"), (builder.NAME_RE, "dense"),
                           (checkpoints.NAME, "e000001-b000002"), (arrays._NAME_RE, "x"),
-                          (router._NAME, "m"), (router._LABEL, "prod"),
                           (keys.NAME_PATTERN, "k"), (keys.TENANT_PATTERN, "t")):
         assert pattern.fullmatch(good) and not pattern.fullmatch(good + "\n"), pattern.pattern
     for pattern in (schemas.MODEL_NAME, schemas.LABEL_NAME):
@@ -142,6 +142,11 @@ def test_no_name_regex_takes_a_trailing_newline() -> None:
             adapter.validate_python("m\n")
     with pytest.raises(ValidationError):
         TypeAdapter(ArrayName).validate_python("x\n")
+    # The serving routes check a name with the route's own fields (those patterns).
+    route = next(r for r in router.router.routes if isinstance(r, ServingRoute) and r.direct)
+    assert route.path == "/v1/models/{name}:predict"
+    assert route._path_values({"name": "m"}) == {"name": "m"}
+    assert route._path_values({"name": "m\n"}) is None
 
 
 # --- a label named like a verb -----------------------------------------------------------------
@@ -269,31 +274,49 @@ def test_an_admin_cannot_revoke_an_operator_key_of_its_tenant(tenants: Tenants) 
     assert_problem(t.call(t.admin_a, "DELETE", f"/v1/keys/{t.a}-operator"), 403)
 
 
-# --- the predict fast path ---------------------------------------------------------------------
+# --- the serving routes ------------------------------------------------------------------------
 
-def test_the_fast_path_serves_exactly_what_the_route_table_routes_to_predict_and_infer() -> None:
-    """It asks the route table authentication asked (no regex of its own), so it can never
-    answer a request the router would hand to another route, or one that needs another scope."""
+def test_only_predict_and_infer_are_answered_from_the_route_table() -> None:
+    """The routes whose endpoint is called straight from the route (app.api.serving_route) are
+    the five predict and infer routes, found through the table authentication asked (no regex
+    of their own): the shortcut can never answer a request the router would hand to another
+    route, or one that needs another scope."""
     from fastapi.routing import iter_route_contexts
+    from starlette.routing import Match
 
+    from app.api.deps import CALLER_STATE, OPEN_CALLER
+    from app.api.serving_route import FoundServingRoute, ServingRoute
     from app.main import create_app
-    from app.predict import router
+    from app.predict import router, v2_router
 
     app = create_app()
+    head = app.routes[0]
+    assert isinstance(head, FoundServingRoute)
     serving = {router.predict_latest, router.predict_version, router.predict_label,
-               router.v2_infer, router.v2_infer_version}
+               v2_router.v2_infer, v2_router.v2_infer_version}
+    direct = {c.endpoint for c in iter_route_contexts(app.routes)
+              if isinstance(c.original_route, ServingRoute) and c.original_route.direct}
+    assert direct == serving
+
+    def answered(method: str, path: str) -> Any:
+        scope = {"type": "http", "method": method, "path": path, "root_path": "", "app": app,
+                 "state": {CALLER_STATE: OPEN_CALLER}}
+        match, child = head.matches(scope)
+        return child["endpoint"] if match is Match.FULL else None
+
     served = set()
     for context in iter_route_contexts(app.routes):
+        if context.path_format is None:
+            continue
         for method in context.methods or ():
             path = re.sub(r"\{([a-z_]+)(?::[a-z]+)?\}",
                           lambda m: "1" if m[1] == "version" else "m", context.path_format)
-            scope = {"type": "http", "method": method, "path": path, "root_path": "", "app": app}
-            if router._fast_route(scope) is not None:
-                served.add(context.endpoint)
-                assert method == "POST" and context.endpoint in serving, (method, path)
+            endpoint = answered(method, path)
+            if endpoint is not None:
+                served.add(endpoint)
+                assert method == "POST" and endpoint is context.endpoint, (method, path)
     assert served == serving
     # A malformed name or version goes on to the route's own 422, never to another route.
     for path in ("/v1/models/a:b:predict", "/v1/models/m/versions/0:predict",
                  "/v1/models/m/labels/1x:predict", "/v2/models/m/versions/99999999999/infer"):
-        scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "app": app}
-        assert router._fast_route(scope) is None, path
+        assert answered("POST", path) is None, path

@@ -362,25 +362,55 @@ def test_another_process_sees_a_new_version_without_a_query_per_request(
     assert other.cached(ref) is None  # a label move drops the cache too
 
 
-def test_predict_requests_take_the_fast_path() -> None:
-    """:predict and /infer go around FastAPI's routing; anything odd falls through to it."""
+def test_predict_requests_are_answered_from_their_route() -> None:
+    """:predict and /infer are found through the route table and handed their endpoint's
+    arguments as FastAPI would pass them; anything odd goes on to FastAPI's routing."""
+    from starlette.routing import Match
+
+    from app.api.deps import CALLER_STATE, OPEN_CALLER
+    from app.api.serving_route import ARGUMENTS_STATE
     from app.main import create_app
-    from app.predict.router import _fast_route, _infer, _predict
+    from app.predict import router, v2_router
 
     app = create_app()
 
     def route(path: str, method: str = "POST") -> Any:
-        return _fast_route({"type": "http", "method": method, "path": path, "root_path": "",
-                            "app": app})
+        match, child = app.routes[0].matches({
+            "type": "http", "method": method, "path": path, "root_path": "", "app": app,
+            "state": {CALLER_STATE: OPEN_CALLER}})
+        return (child["endpoint"], child[ARGUMENTS_STATE]) if match is Match.FULL else None
 
-    handler, ref = route("/v1/models/m-1/labels/prod:predict")
-    assert handler is _predict and (ref.name, ref.version, ref.label) == ("m-1", None, "prod")
-    handler, ref = route("/v1/models/m/versions/3:predict")
-    assert (ref.version, ref.label) == (3, None)
-    handler, ref = route("/v2/models/m/versions/2/infer")
-    assert handler is _infer and ref.version == 2
+    assert route("/v1/models/m-1/labels/prod:predict") == (
+        router.predict_label, {"caller": OPEN_CALLER, "name": "m-1", "label": "prod"})
+    assert route("/v1/models/m/versions/3:predict")[1]["version"] == 3
+    assert route("/v2/models/m/versions/2/infer") == (
+        v2_router.v2_infer_version, {"caller": OPEN_CALLER, "name": "m", "version": 2})
     for odd in ("/v1/models/-bad:predict", "/v1/models/m/versions/0:predict",
                 "/v1/models/m/versions/99999999999:predict", "/v1/models/m/labels/1x:predict",
                 "/v1/models/m:classify", "/v1/models/m"):
         assert route(odd) is None, odd
     assert route("/v1/models/m:predict", method="GET") is None
+
+
+def test_what_the_route_does_not_answer_fastapi_does(client: Any, keras_models: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    """A malformed name or version is FastAPI's 422 naming it; with dependency overrides set,
+    the same endpoint answers through FastAPI's handling, and the override applies."""
+    from app.api.deps import Caller, get_caller
+
+    name = f"door-{secrets.token_hex(3)}"
+    publish(client, name, keras_models["mlp"], tmp_path)
+    rows = {"instances": [[0.0, 3.0]]}
+    answer = client.post(f"/v1/models/{name}:predict", json=rows)
+    assert answer.status_code == 200, answer.text
+    for path, pointer in (("/v1/models/-bad:predict", "/path/name"),
+                          (f"/v1/models/{name}/versions/0:predict", "/path/version"),
+                          (f"/v2/models/{name}/versions/99999999999/infer", "/path/version")):
+        body = assert_problem(client.post(path, json=rows), 422)
+        assert [e["pointer"] for e in body["errors"]] == [pointer], body
+    client.app.dependency_overrides[get_caller] = lambda: Caller(owner="someone-else")
+    try:
+        assert_problem(client.post(f"/v1/models/{name}:predict", json=rows), 404)
+    finally:
+        client.app.dependency_overrides.pop(get_caller)
+    assert client.post(f"/v1/models/{name}:predict", json=rows).json() == answer.json()

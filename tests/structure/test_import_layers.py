@@ -37,8 +37,8 @@ def layer(module: str) -> int:
         return 1
     if parts[1] == "api":
         return 3
-    if parts[1] in DOMAINS:
-        return 3 if parts[-1] == "router" else 2
+    if parts[1] in DOMAINS:  # a domain's HTTP routes: `router`, or `<protocol>_router`
+        return 3 if parts[-1] == "router" or parts[-1].endswith("_router") else 2
     raise AssertionError(f"{module}: a new top-level folder needs a layer in this test")
 
 
@@ -129,3 +129,4 @@ def test_the_checks_can_fail() -> None:
     assert "app.core.config" in g["app.core.db"]
     assert "app.registry.service" in g["app.predict.service"]
     assert layer("app.predict.router") == 3 and layer("app.predict.service") == 2
+    assert layer("app.predict.v2_router") == 3
