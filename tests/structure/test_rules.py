@@ -1,8 +1,8 @@
 """Rules are applied by the code that owns what they guard, not by its callers.
 
 The layers, as these checks read them (every module of app/ and worker/ is in exactly one):
-- HTTP: app/main.py, app/api/, and every `router.py`; the only modules that may import
-  FastAPI or Starlette.
+- HTTP: app/main.py, app/api/, and every `router.py` or `*_router.py`; the only modules that
+  may import FastAPI or Starlette.
 - domain: every other module of app/specs, datasets, registry, jobs, predict, plots and auth
   (their services). Only these call a quota check or write an audit record, so both hold
   whoever calls: a route, the worker, the CLI.
@@ -46,7 +46,7 @@ def kind(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     if parts[0] == "worker":
         return "other"
-    if parts[-1] == "router" or parts[:2] in (("app", "main"), ("app", "api")):
+    if parts[-1].endswith("router") or parts[:2] in (("app", "main"), ("app", "api")):
         return "http"
     if len(parts) == 2:  # app/__init__.py, app/cli.py
         return "other"
