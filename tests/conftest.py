@@ -16,6 +16,7 @@ import pytest
 
 from app.core.state import fresh
 from tests.helpers import (
+    keras_bytes,
     make_key,
     start_worker,
     stop_process,
@@ -127,3 +128,9 @@ def unchanged(client: Any, service_env: dict[str, str]) -> Iterator[None]:
     yield
     assert table_counts() == before_rows
     assert stored_files(root) == before_files
+
+
+@pytest.fixture(scope="session")
+def keras_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A small, valid `.keras` model: Dense(1) on 2 inputs named x."""
+    return keras_bytes(tmp_path_factory.mktemp("keras-file"))

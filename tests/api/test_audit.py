@@ -7,19 +7,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-import pytest
-
 from tests.helpers import SEED_SPEC, assert_problem, make_key, npz_bytes, two_classes
-
-
-@pytest.fixture(scope="module")
-def keras_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    import keras
-
-    model = keras.Sequential([keras.Input(shape=(2,), name="x"), keras.layers.Dense(1)])
-    path = tmp_path_factory.mktemp("audit-keras") / "m.keras"
-    model.save(path)
-    return path.read_bytes()
 
 
 def _changing_routes(app: Any) -> set[str]:

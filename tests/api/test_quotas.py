@@ -90,17 +90,6 @@ def setting(settings_env: Callable[..., None]) -> Callable[[str, str], None]:
     return lambda name, value: settings_env(**{name: value})
 
 
-@pytest.fixture(scope="module")
-def keras_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """A small, valid `.keras` model: Dense(1) on 2 inputs named x."""
-    import keras
-
-    model = keras.Sequential([keras.Input(shape=(2,), name="x"), keras.layers.Dense(1)])
-    path = tmp_path_factory.mktemp("quota-keras") / "m.keras"
-    model.save(path)
-    return path.read_bytes()
-
-
 def _data(n: int = 50) -> dict[str, np.ndarray]:
     x, y = two_classes(seed=2, n=n)
     return {"x": x, "y": y}

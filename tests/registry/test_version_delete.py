@@ -14,16 +14,6 @@ import pytest
 from tests.helpers import assert_problem, npz_bytes
 
 
-@pytest.fixture(scope="module")
-def keras_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    import keras
-
-    model = keras.Sequential([keras.Input(shape=(2,), name="x"), keras.layers.Dense(1)])
-    path = tmp_path_factory.mktemp("delete") / "m.keras"
-    model.save(path)
-    return path.read_bytes()
-
-
 def _stored_bytes(owner: str) -> int:
     from app.auth.quotas import stored_bytes
     from app.core.db import session_scope
