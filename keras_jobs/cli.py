@@ -139,6 +139,17 @@ def emit(args: argparse.Namespace, value: Any, text: str) -> None:
     print(json.dumps(value, indent=2) if args.json else text)
 
 
+def _emit_page(args: argparse.Namespace, page: dict[str, Any], headers: list[str],
+               rows: list[list[Any]]) -> None:
+    """A list page: its rows as a table, and how many of the total they are."""
+    emit(args, page, table(headers, rows) + f"\n({len(rows)} of {page['total']})")
+
+
+def _when(stamp: str) -> str:
+    """An ISO time as a table shows it: to the second, a space for the T."""
+    return stamp[:19].replace("T", " ")
+
+
 def read_json(path: str) -> Any:
     raw = sys.stdin.read() if path == "-" else Path(path).read_text()
     try:
@@ -159,10 +170,9 @@ def spec_show(client: Client, args: argparse.Namespace) -> int:
 
 def spec_list(client: Client, args: argparse.Namespace) -> int:
     page = client.specs(args.limit)
-    rows = [[s["id"], s["name"], s["total_params"], s["created_at"][:19].replace("T", " ")]
+    rows = [[s["id"], s["name"], s["total_params"], _when(s["created_at"])]
             for s in page["items"]]
-    emit(args, page, table(["id", "name", "params", "created"], rows)
-         + f"\n({len(rows)} of {page['total']})")
+    _emit_page(args, page, ["id", "name", "params", "created"], rows)
     return 0
 
 
@@ -187,9 +197,8 @@ def dataset_upload(client: Client, args: argparse.Namespace) -> int:
 def dataset_list(client: Client, args: argparse.Namespace) -> int:
     page = client.datasets(args.limit)
     rows = [[d["id"], d["name"], d["num_rows"], d["size_bytes"],
-             d["created_at"][:19].replace("T", " ")] for d in page["items"]]
-    emit(args, page, table(["id", "name", "rows", "bytes", "created"], rows)
-         + f"\n({len(rows)} of {page['total']})")
+             _when(d["created_at"])] for d in page["items"]]
+    _emit_page(args, page, ["id", "name", "rows", "bytes", "created"], rows)
     return 0
 
 
@@ -242,9 +251,8 @@ def job_submit(client: Client, args: argparse.Namespace) -> int:
 def job_list(client: Client, args: argparse.Namespace) -> int:
     page = client.jobs(args.status, args.limit)
     rows = [[j["id"], j["type"], j["status"], f"{j['epoch']}/{j['epochs']}",
-             _model_ref(j), j["created_at"][:19].replace("T", " ")] for j in page["items"]]
-    emit(args, page, table(["id", "type", "status", "epochs", "model", "created"], rows)
-         + f"\n({len(rows)} of {page['total']})")
+             _model_ref(j), _when(j["created_at"])] for j in page["items"]]
+    _emit_page(args, page, ["id", "type", "status", "epochs", "model", "created"], rows)
     return 0
 
 
@@ -321,7 +329,7 @@ def model_list(client: Client, args: argparse.Namespace) -> int:
     page = client.models()
     emit(args, page, table(["model", "latest", "versions", "updated"],
                            [[m["name"], m["latest_version"], m["versions"],
-                             m["updated_at"][:19].replace("T", " ")] for m in page["items"]]))
+                             _when(m["updated_at"])] for m in page["items"]]))
     return 0
 
 
@@ -338,7 +346,7 @@ def model_show(client: Client, args: argparse.Namespace) -> int:
     labels = ", ".join(f"{k}→{v}" for k, v in model.get("labels", {}).items()) or "-"
     # best epoch: the epoch whose weights (and metrics) the version holds.
     versions = table(["version", "job", "created", "best epoch", "metrics"],
-                     [[v["version"], v.get("job_id"), v["created_at"][:19].replace("T", " "),
+                     [[v["version"], v.get("job_id"), _when(v["created_at"]),
                        v.get("best_epoch"), v.get("metrics") or {}] for v in model["versions"]])
     emit(args, model, pairs([("model", model["name"]), ("latest", model["latest_version"]),
                              ("labels", labels)]) + "\n\n" + versions)
