@@ -1,45 +1,44 @@
 """`Client`: train a Keras model built in a notebook on the service's workers and use what
-they saved, in calls shaped like Keras's own (`fit`, `evaluate`, `predict`, `load_model`).
+they saved, in calls shaped like Keras's own (`fit`, `evaluate`, `predict`, `load_model`),
+on top of the REST calls it inherits from `keras_jobs.resources.Resources`.
 
 Only HTTP: the model travels as its `.keras` file (an upload the service checks), the data as
-an `.npz` dataset, and the job's events come back as Server-Sent Events. NumPy, Keras and
-tqdm are imported when a call needs them, so `import keras_jobs` (and the CLI) start fast and
-work where TensorFlow is not installed."""
+an `.npz` dataset, and the job's events come back as Server-Sent Events (followed with bars
+by `keras_jobs.follow`). NumPy, Keras and tqdm are imported when a call needs them, so
+`import keras_jobs` (and the CLI) start fast and work where TensorFlow is not installed."""
 
 from __future__ import annotations
 
-import builtins
-import hashlib
-import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import httpx
 
 from keras_jobs.errors import KerasJobsError
-from keras_jobs.events import TERMINAL, Event, follow
+from keras_jobs.follow import epoch_bars, expected_steps, follow_job, initial_epoch
 from keras_jobs.history import History
+from keras_jobs.model_state import input_names, output_names, start_name, state_key, take_trained
+from keras_jobs.predict_rows import MAX_PREDICT_BYTES, MAX_PREDICT_ROWS, predict_rows
+from keras_jobs.resources import ArrayLike, Resources, model_path
 from keras_jobs.transport import DEFAULT_TIMEOUT, DEFAULT_URL, Transport
 
 if TYPE_CHECKING:
     from keras_jobs.arrays import Array
     from keras_jobs.inputs import Packed
-    from keras_jobs.progress import EpochBars
 
-ArrayLike = Any  # a NumPy array, or anything np.asarray takes
+# Importers of keras_jobs.client take these names from here (MAX_PREDICT_* and ArrayLike are
+# defined in keras_jobs.predict_rows and keras_jobs.resources).
+__all__ = ["MAX_PREDICT_BYTES", "MAX_PREDICT_ROWS", "ArrayLike", "Client", "Data",
+           "callback_options"]
+
 Data = Any  # one array, {input/output name: array}, or a list with one array per name
-# What one predict request may hold by default (KJ_MAX_PREDICT_ROWS, KJ_PREDICT_MAX_BODY_BYTES
-# less room for the .npz framing); a service configured lower answers 413 and is met there.
-MAX_PREDICT_ROWS = 65_536
-MAX_PREDICT_BYTES = 48 << 20
 
 
-class Client:
+class Client(Resources):
     """`Client("http://host:8000", api_key=...)`; `api_key` is sent as
     `Authorization: Bearer <key>`. Every refusal, unreachable service and failed job raises
     `KerasJobsError`; its `errors` (and `str()`) point at what was wrong."""
@@ -99,7 +98,7 @@ class Client:
                              "the validation data is read whole, at batch_size")
         name = name or str(model.name)
         progress = progress and verbose != 0
-        in_names, out_names = _input_names(model), _output_names(model)
+        in_names, out_names = input_names(model), output_names(model)
         if is_iterable_data(x):
             if y is not None or sample_weight is not None:
                 raise ValueError("with a dataset or generator, y and sample_weight come from "
@@ -123,7 +122,7 @@ class Client:
                 val = self._validation(validation_data, in_names, out_names)
             options = callback_options(callbacks)  # refused here, before any upload
             body: dict[str, Any] = {
-                "type": "fit", "from_model": self._start(model, _start_name(name)),
+                "type": "fit", "from_model": self._start(model, start_name(name)),
                 "x": train.x, "y": train.y, "epochs": epochs, "batch_size": batch_size,
                 "shuffle": shuffle, "initial_epoch": initial_epoch,
                 "validation_freq": validation_freq, "model_name": name}
@@ -165,8 +164,8 @@ class Client:
         its History once it has ended."""
         job = self.job(job_id)
         params = {"verbose": 1 if progress else 0, "epochs": job["epochs"],
-                  "steps": self._expected_steps(job)}
-        return self._fit_history(job_id, params, _initial_epoch(job), progress, file)
+                  "steps": expected_steps(self, job)}
+        return self._fit_history(job_id, params, initial_epoch(job), progress, file)
 
     def evaluate(self, model: Any, x: Data = None, y: Data = None,
                  batch_size: int | None = None, verbose: int | str = "auto",
@@ -186,7 +185,7 @@ class Client:
             raise ValueError("evaluate jobs run no callbacks")
         ref = self._ref(model)
         name, _, version = ref.partition("/")
-        path = _model_path(name, int(version) if version else None)
+        path = model_path(name, int(version) if version else None)
         if is_iterable_data(x):
             packed = pack_batches(x, [], [], max_batches=steps)
             batch_size = packed.batch_size
@@ -199,7 +198,7 @@ class Client:
             packed.close()
         job = self.submit({"type": "evaluate", "model": ref, "dataset_id": dataset_id,
                            "x": packed.x, "y": packed.y, "batch_size": batch_size or 32})
-        done = self._follow(job["id"], None)
+        done = follow_job(self, job["id"], None)
         if done is None:
             raise KeyboardInterrupt(f"evaluate interrupted; job {job['id']} left running")
         result = {k: float(v) for k, v in (done.get("result") or {}).items()
@@ -228,15 +227,15 @@ class Client:
             raise ValueError("give version or label, not both")
         ref = self._ref(model)
         name, _, pinned = ref.partition("/")
-        path = _model_path(name, version if version is not None else
+        path = model_path(name, version if version is not None else
                            (int(pinned) if pinned else None), label)
         if is_iterable_data(x):
-            answers = [self._predict_rows(path, self._predict_input(path, batch), batch_size)
-                       for batch in iter_batches(x, steps)]
+            answers = [predict_rows(self.transport, path, self._predict_input(path, batch),
+                                    batch_size) for batch in iter_batches(x, steps)]
             if not answers:
                 raise ValueError("the data yielded no batches")
             return concat(answers)
-        return self._predict_rows(path, self._predict_input(path, x), batch_size)
+        return predict_rows(self.transport, path, self._predict_input(path, x), batch_size)
 
     def predict_job(self, model: Any, x: Data, batch_size: int | None = None, *,
                     output_name: str = "predictions", progress: bool = False,
@@ -249,7 +248,7 @@ class Client:
 
         ref = self._ref(model)
         name, _, version = ref.partition("/")
-        path = _model_path(name, int(version) if version else None)
+        path = model_path(name, int(version) if version else None)
         if is_iterable_data(x):
             names = [str(t["name"]) for t in self.transport.json(
                 "GET", f"{path}/metadata")["inputs"]]
@@ -263,7 +262,7 @@ class Client:
         job = self.submit({"type": "predict", "model": ref, "dataset_id": dataset_id,
                            "x": packed.x, "batch_size": batch_size or 32,
                            "output_name": output_name})
-        done = self._follow(job["id"], None)
+        done = follow_job(self, job["id"], None)
         if done is None:
             raise KeyboardInterrupt(f"predict interrupted; job {job['id']} left running")
         arrays = self.dataset(str(done["result"]["dataset_id"]))
@@ -285,26 +284,6 @@ class Client:
             model.save(path)
             return self._upload_model_file(path, name, progress, file)
 
-    def dataset(self, dataset_id: str, name: str | None = None
-                ) -> Array | dict[str, Array]:
-        """A dataset's arrays as NumPy (`GET /v1/datasets/{id}/arrays/{name}`, `.npy`
-        streamed): {name: array}, or the one array `name`. A batch-predict job's
-        `result["dataset_id"]` holds its predictions."""
-        import numpy as np
-
-        names = [name] if name is not None else list(self.dataset_info(dataset_id)["arrays"])
-        out: dict[str, Array] = {}
-        with tempfile.TemporaryDirectory(prefix="keras-jobs-") as folder:
-            for array in names:
-                path = Path(folder) / f"{len(out)}.npy"
-                with path.open("wb") as sink, self.transport.stream(
-                        "GET", f"/v1/datasets/{quote(dataset_id)}/arrays/{quote(array)}",
-                        headers={"Accept": "application/x-npy"}) as response:
-                    for chunk in response.iter_bytes():
-                        sink.write(chunk)
-                out[array] = np.load(path, allow_pickle=False)
-        return out[name] if name is not None else out
-
     def load_model(self, name: str, version: int | None = None) -> Any:
         """The saved version (the latest when `version` is None) as a Keras model:
         the `.keras` file is downloaded and opened with `keras.saving.load_model`."""
@@ -315,195 +294,20 @@ class Client:
         with tempfile.TemporaryDirectory(prefix="keras-jobs-") as folder:
             path = Path(folder) / f"{name}-{version}.keras"
             with path.open("wb") as out, self.transport.stream(
-                    "GET", f"{_model_path(name, version)}/download") as response:
+                    "GET", f"{model_path(name, version)}/download") as response:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
             return keras.saving.load_model(path)
 
-    # --- the REST resources (the CLI's building blocks) --------------------------------------
-
-    def create_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.transport.json("POST", "/v1/specs", json=spec))
-
-    def specs(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        """A page of specs: {"items", "total", "limit", "offset"}."""
-        return dict(self.transport.json("GET", "/v1/specs",
-                                        params={"limit": limit, "offset": offset}))
-
-    def spec(self, spec_id: str) -> dict[str, Any]:
-        return dict(self.transport.json("GET", f"/v1/specs/{quote(spec_id)}"))
-
-    def create_key(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/keys (an admin's or operator's key): the new key, its `key` shown once."""
-        return dict(self.transport.json("POST", "/v1/keys", json=body))
-
-    def keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        params = {"tenant": tenant} if tenant else None
-        return list(self.transport.json("GET", "/v1/keys", params=params))
-
-    def revoke_key(self, name: str) -> dict[str, Any]:
-        return dict(self.transport.json("DELETE", f"/v1/keys/{quote(name)}"))
-
-    def datasets(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        """A page of datasets: {"items", "total", "limit", "offset"}."""
-        return dict(self.transport.json("GET", "/v1/datasets",
-                                        params={"limit": limit, "offset": offset}))
-
-    def upload_file(self, path: str | os.PathLike[str], name: str | None = None, *,
-                    progress: bool = True, file: IO[str] | None = None) -> dict[str, Any]:
-        """Upload a `.npz`, `.npy` or CSV file as a dataset, streamed, with a bytes bar."""
-        from keras_jobs.progress import upload_bar
-
-        path = Path(path)
-        size = path.stat().st_size
-        fields = {"name": name} if name else {}
-        with path.open("rb") as data, upload_bar(size, f"Uploading {path.name}", file,
-                                                 disable=not progress) as bar:
-            return dict(self.transport.upload("/v1/datasets", data, size, path.name, fields,
-                                              on_chunk=bar.update))
-
-    def upload_arrays(self, arrays: Mapping[str, ArrayLike], name: str, *,
-                      progress: bool = False, file: IO[str] | None = None) -> dict[str, Any]:
-        """Named arrays as one `.npz` dataset (written to a temporary file, then streamed)."""
-        import numpy as np
-
-        from keras_jobs.arrays import write_npz
-
-        with tempfile.TemporaryDirectory(prefix="keras-jobs-") as folder:
-            path = Path(folder) / f"{name}.npz"
-            with path.open("wb") as out:
-                write_npz({k: np.asarray(v) for k, v in arrays.items()}, out)
-            return self.upload_file(path, name, progress=progress, file=file)
-
-    def dataset_info(self, dataset_id: str) -> dict[str, Any]:
-        """A dataset's metadata: name, rows, and each array's shape and dtype."""
-        return dict(self.transport.json("GET", f"/v1/datasets/{quote(dataset_id)}"))
-
-    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/jobs: a fit, evaluate or predict job body; the queued job."""
-        return dict(self.transport.json("POST", "/v1/jobs", json=body))
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        return dict(self.transport.json("GET", f"/v1/jobs/{quote(job_id)}"))
-
-    def jobs(self, status: str | None = None, limit: int = 50, offset: int = 0
-             ) -> dict[str, Any]:
-        """A page of jobs, newest first: {"items", "total", "limit", "offset"}."""
-        query: dict[str, Any] = {"limit": limit, "offset": offset}
-        if status:
-            query["status"] = status
-        return dict(self.transport.json("GET", "/v1/jobs", params=query))
-
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        return dict(self.transport.json("POST", f"/v1/jobs/{quote(job_id)}:cancel"))
-
-    def events(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
-        """The job's events until it ends, resumed after a dropped connection."""
-        return follow(self.transport, job_id, last_event_id)
-
-    def watch(self, job_id: str, *, table: bool = True, progress: bool = True,
-              file: IO[str] | None = None, table_file: IO[str] | None = None
-              ) -> dict[str, Any]:
-        """Follow a job with epoch bars (to `file`) and a table of each epoch's metrics (to
-        `table_file`) until it ends; its final JSON. Ctrl-C is not caught here: the job keeps
-        running."""
-        job = self.job(job_id)
-        bars = self._bars(job, None, _initial_epoch(job), progress, file, table, table_file)
-        try:
-            for event in self.events(job_id):
-                bars.handle(event)
-        finally:
-            bars.close()
-        return self.job(job_id)
-
-    def models(self, limit: int = 100, offset: int = 0) -> dict[str, Any]:
-        return dict(self.transport.json("GET", "/v1/models",
-                                        params={"limit": limit, "offset": offset}))
-
-    def model(self, name: str) -> dict[str, Any]:
-        return dict(self.transport.json("GET", _model_path(name)))
-
-    def delete_version(self, name: str, version: int) -> None:
-        """Delete a version of `name` (its file too); refused (409) while a label points at
-        it or a queued or running job uses it."""
-        self.transport.request("DELETE", _model_path(name, version))
-
-    def predict_json(self, name: str, body: Any, version: int | None = None,
-                     label: str | None = None) -> dict[str, Any]:
-        """TensorFlow Serving's JSON predict: `{"instances": ...}` or `{"inputs": ...}`."""
-        path = _model_path(name, version, label) + ":predict"
-        return dict(self.transport.json("POST", path, json=body))
-
-    # --- following jobs ----------------------------------------------------------------------
+    # --- what the Keras-shaped calls share -------------------------------------------------
 
     def _fit_history(self, job_id: str, params: dict[str, Any], first_epoch: int,
                      progress: bool, file: IO[str] | None) -> History:
-        bars = self._bars(None, params, first_epoch, progress, file, False)
-        done = self._follow(job_id, bars)
+        bars = epoch_bars(self, None, params, first_epoch, progress, file, False)
+        done = follow_job(self, job_id, bars)
         if done is None:  # left running after Ctrl-C: what it has done so far
             return History(self.job(job_id), params)
         return History(done, params)
-
-    def _bars(self, job: dict[str, Any] | None, params: dict[str, Any] | None,
-              first_epoch: int, progress: bool, file: IO[str] | None,
-              table: bool, table_file: IO[str] | None = None) -> EpochBars:
-        from keras_jobs.progress import EpochBars
-
-        if job is not None:
-            epochs = int(job["epochs"])
-            steps = self._expected_steps(job)
-        else:
-            assert params is not None
-            epochs, steps = int(params["epochs"]), params.get("steps")
-        return EpochBars(epochs, steps, first_epoch=first_epoch, file=file, table=table,
-                         table_file=table_file, disable=not progress)
-
-    def _expected_steps(self, job: dict[str, Any]) -> int | None:
-        """Batches per epoch of a fit job, for the bar's length before the first progress
-        event says it: the dataset's rows less the held-out fraction, over the batch size."""
-        p = job.get("params") or {}
-        if job.get("type") != "fit":
-            return None
-        if p.get("steps_per_epoch"):
-            return int(p["steps_per_epoch"])
-        try:
-            n = int(self.dataset_info(str(job["dataset_id"]))["num_rows"])
-        except (KerasJobsError, KeyError, TypeError, ValueError):
-            return None
-        if p.get("validation_split"):
-            n = int(math.floor(n * (1.0 - float(p["validation_split"]))))
-        elif p.get("validation_split_shuffled"):
-            n = math.ceil(n * (1 - float(p["validation_split_shuffled"])))
-        return math.ceil(n / int(p.get("batch_size") or 32))
-
-    def _follow(self, job_id: str, bars: EpochBars | None) -> dict[str, Any] | None:
-        """Follow the job to its end and return its JSON if it succeeded (KerasJobsError if it
-        failed or was cancelled). Ctrl-C asks whether to cancel it: yes re-raises the
-        KeyboardInterrupt once the cancel is sent, no returns None (it keeps running)."""
-        try:
-            for event in self.events(job_id):
-                if bars is not None:
-                    bars.handle(event)
-        except KeyboardInterrupt:
-            if bars is not None:
-                bars.close()
-            if _ask_cancel(job_id):
-                self.cancel(job_id)
-                print(f"Cancel requested for {job_id}.")
-                raise
-            print(f"{job_id} keeps running; Client.attach({job_id!r}) follows it again.")
-            return None
-        finally:
-            if bars is not None:
-                bars.close()
-        job = self.job(job_id)
-        if job["status"] == "succeeded":
-            return job
-        status = job["status"]
-        if status not in TERMINAL:  # the stream said it ended; the row must agree
-            raise KerasJobsError("Job still running", f"{job_id} is {status}", job=job)
-        raise KerasJobsError(f"Job {status}", str(job.get("error") or f"{job_id} was {status}"),
-                             job=job)
 
     def _dataset(self, arrays: Mapping[str, Array], name: str, progress: bool,
                  file: IO[str] | None) -> str:
@@ -544,22 +348,12 @@ class Client:
         the version this client uploaded earlier for the same model (config, compile
         settings, weights and optimizer state alike: re-running a cell stores nothing
         again), if it still exists."""
-        import numpy as np
-
-        from keras_jobs.arrays import fingerprint
-
-        state = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
-        optimizer = getattr(model, "optimizer", None)
-        for i, v in enumerate(getattr(optimizer, "variables", None) or []):
-            state[f"o{i}"] = np.asarray(v)
-        config = json.dumps([model.to_json(), model.get_compile_config()], sort_keys=True,
-                            default=str)
-        key = f"{name}|{fingerprint(state)}|{hashlib.sha256(config.encode()).hexdigest()}"
+        key = state_key(model, name)
         known = self._starts.get(key)
         if known is not None:
             ref_name, _, version = known.partition("/")
             try:
-                self.transport.json("GET", _model_path(ref_name, int(version)))
+                self.transport.json("GET", model_path(ref_name, int(version)))
                 return known
             except KerasJobsError as exc:
                 if exc.status != 404:
@@ -595,24 +389,12 @@ class Client:
         size = path.stat().st_size
         with path.open("rb") as data, upload_bar(size, f"Uploading {path.name}", file,
                                                  disable=not progress) as bar:
-            return dict(self.transport.upload(f"{_model_path(name)}/versions", data, size,
+            return dict(self.transport.upload(f"{model_path(name)}/versions", data, size,
                                               path.name, on_chunk=bar.update))
 
     def _take_trained(self, model: Any, name: str, version: int) -> None:
-        """Leave in `model` what `model.fit` would have: the trained version's weights and,
-        where the optimizers match, its optimizer state (step count, moments)."""
-        trained = self.load_model(name, version)
-        model.set_weights(trained.get_weights())
-        source, target = getattr(trained, "optimizer", None), getattr(model, "optimizer", None)
-        if source is None or target is None or not getattr(source, "built", False):
-            return
-        if not getattr(target, "built", False):
-            target.build(model.trainable_variables)
-        pairs = list(zip(target.variables, source.variables, strict=False))
-        if len(target.variables) == len(source.variables) and all(
-                tuple(t.shape) == tuple(s.shape) for t, s in pairs):
-            for t, s in pairs:
-                t.assign(s)
+        """Leave in `model` what `model.fit` would have: the trained version's state."""
+        take_trained(model, self.load_model(name, version))
 
     def _predict_input(self, path: str, x: Any) -> Array | dict[str, Array]:
         """One array, or {input name: array} for a dict or a list with one array per input."""
@@ -627,39 +409,6 @@ class Client:
             return {str(k): np.asarray(v) for k, v in x.items()}
         return np.asarray(x)
 
-    def _predict_rows(self, path: str, x: Array | dict[str, Array],
-                      batch_size: int | None) -> Array | dict[str, Array]:
-        """Requests of at most `batch_size` rows that fit the service's limits (65,536 rows
-        and 64 MiB by default): a 413 halves the rows (or takes the limit it names) and sends
-        that chunk again."""
-        from keras_jobs.arrays import concat, decode, encode, rows
-
-        n = rows(x) if isinstance(x, Mapping) else len(x)
-        row_bytes = max(1, _nbytes(x) // max(n, 1))
-        chunk = max(1, min(n, batch_size or n, MAX_PREDICT_ROWS,
-                           MAX_PREDICT_BYTES // row_bytes))
-        answers = []
-        start = 0
-        while start < n:
-            part = ({k: v[start:start + chunk] for k, v in x.items()}
-                    if isinstance(x, Mapping) else x[start:start + chunk])
-            body, media = encode(part)
-            try:
-                response = self.transport.request(
-                    "POST", f"{path}:predict", content=body,
-                    headers={"Content-Type": media,
-                             "Accept": "application/x-npy, application/x-npz"})
-            except KerasJobsError as exc:
-                if exc.status != 413 or chunk == 1:
-                    raise
-                limit = exc.problem.get("limit")
-                chunk = (min(int(limit), chunk // 2) if isinstance(limit, int) and limit > 0
-                         else chunk // 2) or 1
-                continue
-            answers.append(decode(response.content))
-            start += chunk
-        return concat(answers)
-
     def _names(self, path: str, key: str, value: Data) -> list[str]:
         """The model's input (or output) names, asked of the service (`…/metadata`) only when
         a list gives one array per input."""
@@ -669,26 +418,10 @@ class Client:
         return []
 
 
-def _ask_cancel(job_id: str) -> bool:
-    """Cancel (the default: Ctrl-C usually means stop) or leave the job running. A second
-    Ctrl-C, or no terminal to ask on, takes the default."""
-    try:
-        answer = builtins.input(f"\nInterrupted. Cancel job {job_id} on the service? "
-                                "[Y/n] (n leaves it running) ")
-    except (EOFError, KeyboardInterrupt):
-        return True
-    return answer.strip().lower() not in ("n", "no")
-
-
 def _is_rows(value: list[Any] | tuple[Any, ...]) -> bool:
     """A list of rows (`[[0, 3], [3, 0]]`) rather than one array per input: its items are
     not arrays themselves."""
     return not all(hasattr(item, "shape") for item in value)
-
-
-def _start_name(name: str) -> str:
-    """The model a fit's starting point is stored under (a name the registry takes)."""
-    return f"{name[:94]}.start"
 
 
 def callback_options(callbacks: list[Any] | None) -> dict[str, Any]:
@@ -700,34 +433,3 @@ def callback_options(callbacks: list[Any] | None) -> dict[str, Any]:
     return {"callbacks": to_json(callbacks)} if callbacks else {}
 
 
-def _nbytes(x: Any) -> int:
-    if isinstance(x, Mapping):
-        return sum(int(v.nbytes) for v in x.values())
-    return int(x.nbytes)
-
-
-def _initial_epoch(job: dict[str, Any]) -> int:
-    return int((job.get("params") or {}).get("initial_epoch") or 0)
-
-
-def _model_path(name: str, version: int | None = None, label: str | None = None) -> str:
-    path = f"/v1/models/{quote(name, safe='')}"
-    if version is not None:
-        return f"{path}/versions/{int(version)}"
-    if label is not None:
-        return f"{path}/labels/{quote(label, safe='')}"
-    return path
-
-
-def _input_names(model: Any) -> list[str]:
-    try:
-        return [str(t.name) for t in model.inputs]
-    except (AttributeError, ValueError, TypeError):  # a subclassed or unbuilt model
-        return []
-
-
-def _output_names(model: Any) -> list[str]:
-    try:
-        return [str(n) for n in model.output_names]
-    except (AttributeError, ValueError, TypeError):
-        return []
