@@ -16,6 +16,7 @@ import pytest
 
 from app.core.state import fresh
 from tests.helpers import (
+    cancel_jobs_since,
     keras_bytes,
     make_key,
     start_worker,
@@ -134,3 +135,16 @@ def unchanged(client: Any, service_env: dict[str, str]) -> Iterator[None]:
 def keras_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A small, valid `.keras` model: Dense(1) on 2 inputs named x."""
     return keras_bytes(tmp_path_factory.mktemp("keras-file"))
+
+
+@pytest.fixture(autouse=True)
+def _jobs_end_with_their_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Cancels what a test leaves queued or running: the process's one worker would otherwise
+    train it on the next test's time (the validation and auth tests accept hundreds of jobs
+    they never run). Jobs of module fixtures are older than the test and left alone."""
+    if "client" not in request.fixturenames:
+        yield
+        return
+    since = cancel_jobs_since(None)
+    yield
+    cancel_jobs_since(since)

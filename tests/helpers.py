@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,29 @@ def table_counts() -> dict[str, int]:
     with session_scope() as s:
         return {m.__tablename__: s.scalar(select(func.count()).select_from(m)) or 0
                 for m in (Dataset, Spec, Job, ModelVersion)}
+
+
+def cancel_jobs_since(since: datetime | None) -> datetime:
+    """Cancels the jobs created since `since` that are still queued or running (none when
+    `since` is None); returns now, the next call's `since`."""
+    from sqlalchemy import select
+
+    from app.core.db import session_scope
+    from app.core.errors import DomainError
+    from app.jobs import state
+    from app.tables import Job, JobStatus
+    from app.tables.base import utcnow
+
+    now = utcnow()
+    if since is None:
+        return now
+    with session_scope() as s:
+        for job in s.scalars(select(Job).where(
+                Job.created_at >= since,
+                Job.status.in_((JobStatus.queued, JobStatus.running)))).all():
+            with suppress(DomainError):  # it ended meanwhile
+                state.request_cancel(s, job)
+    return now
 
 
 def stored_files(root: Path) -> set[str]:

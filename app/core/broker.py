@@ -63,7 +63,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # One job per child: TensorFlow keeps (GPU) memory until its process exits.
         "worker_max_tasks_per_child": 1,
-        # A fresh child imports TensorFlow in worker_process_init; give it time to do so.
+        # A child's init lists the devices (starting CUDA on a GPU machine takes seconds).
         "worker_proc_alive_timeout": 180.0,
         # A broker restart must not stop the jobs that are training: the database, not the
         # message, says who runs a job (a copy that comes back later finds it taken or ended).

@@ -20,12 +20,15 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.core.state import fresh
+from tests.conftest import PG_ADMIN_URL
 from tests.helpers import (
     SEED_SPEC,
     assert_problem,
     auth_headers,
+    make_key,
     start_worker,
     stop_process,
+    temp_database,
     two_classes,
     upload,
     wait_for_job,
@@ -64,10 +67,10 @@ class Proxy:
 
     def refuse(self) -> None:
         """Stop listening (new connections are refused) and reset the open ones."""
-        assert self._listener is not None
-        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
-        self._listener.close()
-        self._listener = None
+        if self._listener is not None:  # (already refusing: only the open ones are reset)
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
+            self._listener.close()
+            self._listener = None
         with self._lock:
             for sock in self._sockets:
                 try:  # closed with linger 0: a reset (the shutdown wakes a pump blocked on it)
@@ -340,36 +343,51 @@ def test_statements_are_cancelled_by_the_server(pg_database: str) -> None:
 
 @pytest.mark.slow
 def test_worker_keeps_a_job_until_the_database_is_back(
-        client: Any, service_env: dict[str, str], pg_database: str,
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+        service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     """The job's message arrives while the worker cannot reach the database: it is not acked
-    and lost but tried again, and the job runs once the database answers."""
-    x, y = two_classes(n=20)
-    dataset = upload(client, "db-down-worker", x=x, y=y)
-    spec = client.post("/v1/specs", json=SEED_SPEC).json()
-    url = make_url(pg_database)
+    and lost but tried again, and the job runs once the database answers. Its own database
+    and queue: the session's worker sweeps the session's database and would send a queued job
+    whose message it cannot see to its own queue, and run it there."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    queue = f"kj-test-db-down-{secrets.token_hex(4)}"  # this worker's own queue
+    with temp_database(PG_ADMIN_URL, "kj_db_down") as db_url:
+        monkeypatch.setenv("KJ_DATABASE_URL", db_url)
+        monkeypatch.setenv("KJ_QUEUE", queue)
+        with fresh(), TestClient(create_app()) as http:  # its lifespan migrates the database
+            http.headers["Authorization"] = f"Bearer {make_key('local', 'db-down', ['admin'])}"
+            x, y = two_classes(n=20)
+            dataset = upload(http, "db-down-worker", x=x, y=y)
+            spec = http.post("/v1/specs", json=SEED_SPEC).json()
+            _run_with_the_database_refused_first(http, service_env, db_url, queue, tmp_path,
+                                                 {"type": "fit", "spec_id": spec["id"],
+                                                  "dataset_id": dataset["id"], "epochs": 1})
+        monkeypatch.undo()
+
+
+def _run_with_the_database_refused_first(http: Any, service_env: dict[str, str], db_url: str,
+                                         queue: str, tmp_path: Any,
+                                         body: dict[str, Any]) -> None:
+    url = make_url(db_url)
     proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
     proxy.refuse()
-    queue = f"kj-test-db-down-{secrets.token_hex(4)}"  # this worker's own queue
     log_path = tmp_path / "worker.log"
     worker = start_worker({**service_env, "KJ_QUEUE": queue, "KJ_DB_CONNECT_TIMEOUT_S": "2",
                            "KJ_DATABASE_URL": url.set(host="127.0.0.1", port=proxy.port)
                            .render_as_string(hide_password=False)}, log_path)
-    monkeypatch.setenv("KJ_QUEUE", queue)
     try:
-        with fresh():  # the job's message goes to this worker's queue
-            r = client.post("/v1/jobs", json={"type": "fit", "spec_id": spec["id"],
-                                              "dataset_id": dataset["id"], "epochs": 1})
+        r = http.post("/v1/jobs", json=body)
         assert r.status_code == 202, r.text
         deadline = time.monotonic() + 120
         while "database unavailable" not in log_path.read_text():
             assert worker.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.2)
-        assert client.get(f"/v1/jobs/{r.json()['id']}").json()["status"] == "queued"
+        assert http.get(f"/v1/jobs/{r.json()['id']}").json()["status"] == "queued"
         proxy.forward()
-        job = wait_for_job(client, r.json()["id"], timeout=120)
+        job = wait_for_job(http, r.json()["id"], timeout=120)
         assert job["status"] == "succeeded", (job, log_path.read_text()[-3000:])
     finally:
         stop_process(worker)
         proxy.close()
-        monkeypatch.undo()
