@@ -9,6 +9,7 @@ and costs no job an attempt.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -32,6 +33,9 @@ from app.core.broker import get_celery
 app = get_celery()
 # worker.observe: job ids for the logs and job durations for the metrics (task signals).
 app.conf.include = ["worker.tasks", "worker.observe"]
+# Celery's prefork pool, refilled as soon as a child exits (worker/pool.py); `--pool prefork`
+# (the default) picks it up from here.
+app.conf.worker_pool = "worker.pool:TaskPool"
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +64,10 @@ def _load_tensorflow(**_kwargs: Any) -> None:
     import tensorflow  # noqa: F401
 
     import app.training.runner  # noqa: F401
+
+    # Out of the collector's sight: Celery collects before every fork, and over TensorFlow's
+    # millions of objects that took 0.3 s per job (and would touch every page the fork shares).
+    gc.freeze()
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

@@ -345,36 +345,38 @@ def test_statements_are_cancelled_by_the_server(pg_database: str) -> None:
 def test_worker_keeps_a_job_until_the_database_is_back(
         service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     """The job's message arrives while the worker cannot reach the database: it is not acked
-    and lost but tried again, and the job runs once the database answers. Its own database
-    and queue: the session's worker sweeps the session's database and would send a queued job
-    whose message it cannot see to its own queue, and run it there."""
+    and lost but tried again, and the job runs once the database answers. Its own database,
+    store and queue: the session's worker sweeps the session's database and store, and would
+    send a queued job whose message it cannot see to its own queue and remove the folders of
+    a job it does not know."""
     from fastapi.testclient import TestClient
 
     from app.main import create_app
 
     queue = f"kj-test-db-down-{secrets.token_hex(4)}"  # this worker's own queue
     with temp_database(PG_ADMIN_URL, "kj_db_down") as db_url:
-        monkeypatch.setenv("KJ_DATABASE_URL", db_url)
-        monkeypatch.setenv("KJ_QUEUE", queue)
+        own = {"KJ_DATABASE_URL": db_url, "KJ_QUEUE": queue, "KJ_HOME": str(tmp_path / "home"),
+               "KJ_ARTIFACT_ROOT": str(tmp_path / "home" / "artifacts")}
+        for name, value in own.items():
+            monkeypatch.setenv(name, value)
         with fresh(), TestClient(create_app()) as http:  # its lifespan migrates the database
             http.headers["Authorization"] = f"Bearer {make_key('local', 'db-down', ['admin'])}"
             x, y = two_classes(n=20)
             dataset = upload(http, "db-down-worker", x=x, y=y)
             spec = http.post("/v1/specs", json=SEED_SPEC).json()
-            _run_with_the_database_refused_first(http, service_env, db_url, queue, tmp_path,
+            _run_with_the_database_refused_first(http, {**service_env, **own}, tmp_path,
                                                  {"type": "fit", "spec_id": spec["id"],
                                                   "dataset_id": dataset["id"], "epochs": 1})
         monkeypatch.undo()
 
 
-def _run_with_the_database_refused_first(http: Any, service_env: dict[str, str], db_url: str,
-                                         queue: str, tmp_path: Any,
+def _run_with_the_database_refused_first(http: Any, env: dict[str, str], tmp_path: Any,
                                          body: dict[str, Any]) -> None:
-    url = make_url(db_url)
+    url = make_url(env["KJ_DATABASE_URL"])
     proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
     proxy.refuse()
     log_path = tmp_path / "worker.log"
-    worker = start_worker({**service_env, "KJ_QUEUE": queue, "KJ_DB_CONNECT_TIMEOUT_S": "2",
+    worker = start_worker({**env, "KJ_DB_CONNECT_TIMEOUT_S": "2",
                            "KJ_DATABASE_URL": url.set(host="127.0.0.1", port=proxy.port)
                            .render_as_string(hide_password=False)}, log_path)
     try:
@@ -387,7 +389,7 @@ def _run_with_the_database_refused_first(http: Any, service_env: dict[str, str],
         assert http.get(f"/v1/jobs/{r.json()['id']}").json()["status"] == "queued"
         proxy.forward()
         job = wait_for_job(http, r.json()["id"], timeout=120)
-        assert job["status"] == "succeeded", (job, log_path.read_text()[-3000:])
+        assert job["status"] == "succeeded", (job.get("error"), log_path.read_text()[-3000:])
     finally:
         stop_process(worker)
         proxy.close()
