@@ -111,17 +111,28 @@ def _start_orphan_sweep(**_kwargs: Any) -> None:
 def _sweep_forever(every_s: float) -> None:
     from app.core.config import get_settings
     from app.core.storage import get_store
-    from app.jobs.recovery import sweep
+    from app.jobs.recovery import UNMIGRATED, failure_line, sweep
 
+    said: set[str] = set()  # failures said last round: one that recurs every round is said once
     while True:
         try:
             swept = sweep(get_settings(), get_store())
-            if swept:
-                log.warning("sweep: process gone %s, heartbeat stale %s, message re-sent %s, "
-                            "folders removed %s", swept.dead, swept.stale, swept.redispatched,
-                            swept.cleaned)
-        except Exception:  # a database or broker hiccup: try again next round
-            log.warning("orphan sweep failed", exc_info=True)
+        except Exception as error:  # settings or store: try again next round
+            log.warning("orphan sweep failed: %s", failure_line(error), exc_info=True)
+            time.sleep(every_s)
+            continue
+        if swept:
+            log.warning("sweep: process gone %s, heartbeat stale %s, message re-sent %s, "
+                        "folders removed %s", swept.dead, swept.stale, swept.redispatched,
+                        swept.cleaned)
+        failures: dict[str, tuple[list[str], Exception]] = {}
+        for step, exc in swept.failed.items():
+            failures.setdefault(failure_line(exc), ([], exc))[0].append(step)
+        for line, (steps, exc) in failures.items():
+            if line not in said:
+                log.warning("orphan sweep failed (%s): %s", ", ".join(steps), line,
+                            exc_info=None if line.startswith(UNMIGRATED) else exc)
+        said = set(failures)
         time.sleep(every_s)
 
 

@@ -202,14 +202,29 @@ class Swept:
     stale: list[str] = field(default_factory=list)
     redispatched: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
+    failed: dict[str, Exception] = field(default_factory=dict)  # step name -> what it raised
 
     def __bool__(self) -> bool:
         return bool(self.dead or self.stale or self.redispatched or self.cleaned)
 
 
+UNMIGRATED = "the database has no keras-jobs tables"
+
+
+def failure_line(exc: Exception) -> str:
+    """What a sweep step's exception says, in a line; a database nobody migrated said as such
+    (a worker started by hand before `keras-jobs migrate` or the first `keras-jobs serve`)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        return (f"{UNMIGRATED} ({text}): run `keras-jobs migrate`, or start `keras-jobs serve`, "
+                "which migrates it; jobs wait until then")
+    return f"{type(exc).__name__}: {text}"
+
+
 def sweep(settings: Settings, store: ArtifactStore) -> Swept:
     """One round of the workers' sweep (module docstring). Each step runs even if another
-    failed (a database or broker hiccup: the next round tries again)."""
+    failed (a database or broker hiccup: the next round tries again); what failed is in
+    `failed`, for the caller to report."""
     swept = Swept()
     steps: list[tuple[list[str], Callable[[], list[str]]]] = [
         (swept.dead, requeue_dead_here),
@@ -217,12 +232,15 @@ def sweep(settings: Settings, store: ArtifactStore) -> Swept:
         (swept.redispatched, lambda: redispatch_lost(settings.redispatch_after_s)),
         (swept.cleaned, lambda: remove_ended_job_folders(store)),
     ]
-    for found, step in steps:
+    for (found, step), name in zip(steps, STEPS, strict=True):
         try:
             found.extend(step())
-        except Exception:  # noqa: BLE001 - one failing step must not stop the others
-            log.warning("sweep step %s failed", getattr(step, "__name__", "?"), exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - one failing step must not stop the others
+            swept.failed[name] = exc
     return swept
+
+
+STEPS = ("dead processes", "stale heartbeats", "lost messages", "ended job folders")
 
 
 def requeue_dead_here() -> list[str]:

@@ -59,3 +59,25 @@ def test_ctrl_c_stops_serve_with_one_warm_shutdown(service_env: dict[str, str], 
     assert status != -signal.SIGKILL, f"not stopped within 60 s:\n{text[-4000:]}"
     assert text.count("Warm shutdown") <= 1, text[-4000:]
     assert "exitcode 70" not in text, text[-4000:]
+
+
+def test_a_worker_on_an_unmigrated_database_says_so_once(tmp_path: Path) -> None:
+    """Started by hand before anything migrated its database, the worker's sweep says what to
+    do, once, without a traceback, however many rounds fail alike."""
+    import os
+
+    env = {**os.environ, "KJ_HOME": str(tmp_path), "KJ_SWEEP_S": "0.1",
+           "KJ_DATABASE_URL": f"sqlite:///{tmp_path}/never-migrated.db",
+           "KJ_BROKER_URL": f"sqla+sqlite:///{tmp_path}/broker.db"}
+    log_path = tmp_path / "worker.log"
+    proc = start_worker(env, log_path)
+    try:
+        _wait_for(log_path, "orphan sweep failed")
+        _wait_for(log_path, "celery@")  # the banner, then some twenty rounds more
+        time.sleep(2)
+    finally:
+        stop_process(proc)
+    text = log_path.read_text(errors="replace")
+    assert text.count("orphan sweep failed") == 1, text[-3000:]
+    assert "the database has no keras-jobs tables" in text and "keras-jobs migrate" in text
+    assert "Traceback" not in text, text[-3000:]
