@@ -1,7 +1,8 @@
 """How soon a worker starts a job: this checkout's worker against Celery's stock prefork pool
 with TensorFlow imported in each child (what the worker did before), in the same run.
 
-Both run one pool slot on Redis (a private queue) over a SQLite database and a local store of
+Both run one pool slot on Redis (a private queue; `--broker embedded`: the SQLite broker of
+`keras-jobs serve`) over a SQLite database and a local store of
 their own, with jobs submitted through the API in this process. Measured from the jobs' own
 timestamps (`created_at`, `started_at`, `finished_at`):
 
@@ -10,7 +11,8 @@ timestamps (`created_at`, `started_at`, `finished_at`):
   submit to running;
 - back to back: `--burst` jobs submitted at once: one job's end to the next one's start.
 
-Usage: python bench/job_start.py [--jobs 8] [--burst 8] [--broker redis://127.0.0.1:6379/0]
+Usage: python bench/job_start.py [--jobs 8] [--burst 8]
+                                 [--broker redis://127.0.0.1:6379/0 | embedded]
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ SPEC = {"name": "tiny", "inputs": [{"name": "x", "shape": [2]}],
         "layers": [{"type": "Dense", "units": 1}],
         "compile": {"optimizer": "sgd", "loss": "mean_squared_error"}}
 # The stock pool, and the parent left without TensorFlow: each child imports it in
-# worker_process_init (the GPU memory-growth step imports it), as the worker did before.
+# worker_process_init (the GPU memory-growth step imports it), and the embedded broker polled
+# once a second, as the worker did before.
 BASELINE = """
 from app.core.state import rebuild
 rebuild()
@@ -42,6 +45,8 @@ from celery.signals import worker_init
 import worker.celery_app as w
 worker_init.disconnect(w._load_tensorflow)
 w.app.conf.worker_pool = "prefork"
+from kombu.transport import sqlalchemy
+sqlalchemy.Transport.polling_interval = 1.0  # kombu's own, on the embedded broker
 from app.core.config import get_settings
 w.app.worker_main(["worker", "-Q", get_settings().queue, "--pool", "prefork",
                    "--concurrency", "1", "--loglevel=INFO"])
@@ -69,7 +74,11 @@ def measure(kind: str, broker: str, jobs: int, burst: int) -> tuple[list[float],
     from app.main import create_app
 
     home = Path(tempfile.mkdtemp(prefix=f"kj-bench-start-{kind}-"))
-    env = {"KJ_HOME": str(home), "KJ_BROKER_URL": broker, "KJ_AUTH": "off",
+    if broker == "embedded":  # the SQLite broker beside the database, as `serve` has it
+        os.environ.pop("KJ_BROKER_URL", None)
+    else:
+        os.environ["KJ_BROKER_URL"] = broker
+    env = {"KJ_HOME": str(home), "KJ_AUTH": "off",
            "KJ_QUEUE": f"kj-bench-{secrets.token_hex(4)}", "KJ_LOG_LEVEL": "INFO",
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     os.environ.update(env)
